@@ -1,0 +1,198 @@
+"""What a network predicts, and the one adapter from a network to a score function.
+
+With x_t = alpha x_0 + sigma eps (see `scoresde.sde`), the four usual targets are
+interchangeable given (x_t, t):
+
+    score = grad log p_t(x_t)  = -eps / sigma                    (Vincent 2011; Tweedie)
+    x0    = E[x_0 | x_t]       = (x_t - sigma eps) / alpha
+    eps                        = (x_t - alpha x0) / sigma = -sigma score
+    v     = alpha eps - sigma x0                               (Salimans & Ho 2022)
+        => x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2),
+           eps = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
+
+(the v relations hold for any alpha, sigma, not only alpha^2 + sigma^2 = 1).
+
+EDM preconditioning (Karras et al. 2022, "Elucidating the Design Space...", Table 1)
+is written for x_hat = x / alpha with noise level sigma_hat = sigma / alpha, so it
+applies to VP, sub-VP and VE alike:
+
+    D(x_t) = c_skip x_hat + c_out F(c_in x_hat, c_noise),
+    c_skip = sd^2 / (sigma_hat^2 + sd^2),  c_out = sigma_hat sd / sqrt(sigma_hat^2 + sd^2),
+    c_in = 1 / sqrt(sigma_hat^2 + sd^2),   c_noise = log(sigma_hat) / 4,
+
+with sd = sigma_data and D the x0 prediction.
+
+`score_fn_from_network` is the single place where a network becomes a score function
+`score(x, t, *cond)`; samplers, losses and guidance only see that function.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde.sde import AbstractSDE, _bcast
+
+Array = jax.Array
+
+
+def _coeffs(sde: AbstractSDE, t, x):
+    return _bcast(sde.alpha(t), x), _bcast(sde.sigma(t), x)
+
+
+def to_eps(kind: str, value: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
+    """Convert a prediction of `kind` ('eps', 'score', 'x0', 'v') at (x, t) into eps."""
+    a, s = _coeffs(sde, t, x)
+    if kind == "eps":
+        return value
+    if kind == "score":
+        return -s * value
+    if kind == "x0":
+        return (x - a * value) / s
+    if kind == "v":
+        return (s * x + a * value) / (a * a + s * s)
+    raise ValueError(f"kind must be one of 'eps', 'score', 'x0', 'v'; got {kind!r}.")
+
+
+def from_eps(kind: str, eps: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
+    """Convert eps at (x, t) into a prediction of `kind` ('eps', 'score', 'x0', 'v')."""
+    a, s = _coeffs(sde, t, x)
+    if kind == "eps":
+        return eps
+    if kind == "score":
+        return -eps / s
+    if kind == "x0":
+        return (x - s * eps) / a
+    if kind == "v":
+        return a * eps - s * (x - s * eps) / a
+    raise ValueError(f"kind must be one of 'eps', 'score', 'x0', 'v'; got {kind!r}.")
+
+
+def convert(value: Array, *, frm: str, to: str, x: Array, t: Array, sde: AbstractSDE) -> Array:
+    """Convert a prediction between eps-, score-, x0- and v-parameterisations.
+
+    The direct formulas in the module docstring are used where they avoid a detour
+    through eps (x0 <-> score, v -> x0), so conversions stay as well conditioned as
+    the target allows.
+    """
+    if frm == to:
+        return value
+    a, s = _coeffs(sde, t, x)
+    if frm == "x0" and to == "score":
+        return -(x - a * value) / (s * s)
+    if frm == "score" and to == "x0":
+        return (x + s * s * value) / a
+    if frm == "v" and to == "x0":
+        return (a * x - s * value) / (a * a + s * s)
+    if frm == "x0" and to == "v":
+        eps = (x - a * value) / s
+        return a * eps - s * value
+    return from_eps(to, to_eps(frm, value, x, t, sde), x, t, sde)
+
+
+class AbstractParameterization(eqx.Module):
+    """How a raw network output (and its inputs) relate to the score.
+
+    `network_inputs` maps (x_t, t) to what the network is fed; `to_score` maps its
+    output back to grad log p_t(x_t).
+    """
+
+    def network_inputs(self, x: Array, t: Array, sde: AbstractSDE) -> tuple[Array, Array]:
+        """(x_in, t_in) fed to the network; identity by default."""
+        return x, t
+
+    @abc.abstractmethod
+    def to_score(self, out: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
+        """Score implied by the network output `out` at (x, t)."""
+
+    def denoise(self, out: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
+        """E[x_0 | x_t] implied by the network output (Tweedie's formula)."""
+        return convert(self.to_score(out, x, t, sde), frm="score", to="x0", x=x, t=t, sde=sde)
+
+
+class _Named(AbstractParameterization):
+    kind: eqx.AbstractClassVar[str]
+
+    def to_score(self, out, x, t, sde):
+        return convert(out, frm=self.kind, to="score", x=x, t=t, sde=sde)
+
+    def denoise(self, out, x, t, sde):
+        return convert(out, frm=self.kind, to="x0", x=x, t=t, sde=sde)
+
+
+class EpsPrediction(_Named):
+    """The network predicts the noise eps (DDPM, Ho et al. 2020): score = -eps/sigma."""
+    kind = "eps"
+
+
+class ScorePrediction(_Named):
+    """The network predicts the score directly (NCSN, Song & Ermon 2019)."""
+    kind = "score"
+
+
+class X0Prediction(_Named):
+    """The network predicts E[x_0 | x_t]: score = -(x - alpha x0) / sigma^2."""
+    kind = "x0"
+
+
+class VPrediction(_Named):
+    """The network predicts v = alpha eps - sigma x0 (Salimans & Ho 2022)."""
+    kind = "v"
+
+
+class EDMPreconditioning(AbstractParameterization):
+    """EDM preconditioning (Karras et al. 2022) on x_hat = x/alpha, sigma_hat = sigma/alpha.
+
+    Coefficients are in the module docstring; the network sees (c_in x_hat, c_noise).
+    """
+
+    sigma_data: float = 0.5
+
+    def coefficients(self, t, sde: AbstractSDE):
+        """(c_skip, c_out, c_in, c_noise) at time t, each of the shape of t."""
+        sh = jnp.exp(-0.5 * sde.log_snr(t))  # sigma / alpha
+        sd2 = self.sigma_data**2
+        denom = sh * sh + sd2
+        return sd2 / denom, sh * self.sigma_data / jnp.sqrt(denom), 1.0 / jnp.sqrt(denom), jnp.log(sh) / 4.0
+
+    def network_inputs(self, x, t, sde):
+        _, _, c_in, c_noise = self.coefficients(t, sde)
+        return _bcast(c_in / sde.alpha(t), x) * x, c_noise
+
+    def denoise(self, out, x, t, sde):
+        c_skip, c_out, _, _ = self.coefficients(t, sde)
+        return _bcast(c_skip / sde.alpha(t), x) * x + _bcast(c_out, x) * out
+
+    def to_score(self, out, x, t, sde):
+        return convert(self.denoise(out, x, t, sde), frm="x0", to="score", x=x, t=t, sde=sde)
+
+
+
+def score_fn_from_network(net: Callable, sde: AbstractSDE,
+                          parameterization: AbstractParameterization) -> Callable:
+    """Turn `net(x_in, t_in, *cond) -> out` into `score(x, t, *cond) -> grad log p_t(x)`.
+
+    `t` may be a scalar or have shape (batch,); the network always receives t_in of
+    shape (batch,). Conditioning arguments (class labels, ...) pass through unchanged.
+    For a Flax module: `net = lambda x, t, *c: module.apply(params, x, t, *c)`.
+    """
+
+    def score(x, t, *cond):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        x_in, t_in = parameterization.network_inputs(x, t, sde)
+        return parameterization.to_score(net(x_in, t_in, *cond), x, t, sde)
+
+    return score
+
+
+def denoiser_from_score(score_fn: Callable, sde: AbstractSDE) -> Callable:
+    """Tweedie denoiser D(x, t) = E[x_0 | x_t] = (x + sigma^2 score(x, t)) / alpha."""
+
+    def denoise(x, t, *cond):
+        return convert(score_fn(x, t, *cond), frm="score", to="x0", x=x, t=t, sde=sde)
+
+    return denoise

@@ -1,0 +1,385 @@
+"""Forward SDEs with exact Gaussian marginals.
+
+Every SDE here is linear with scalar coefficients (Song et al. 2021, "Score-Based
+Generative Modeling through Stochastic Differential Equations", ICLR):
+
+    dx = f(t) x dt + g(t) dW,        t in [eps, T],
+
+so that, started from a point x_0 at time 0, the marginal is exactly Gaussian:
+
+    x_t = alpha(t) x_0 + sigma(t) z,   z ~ N(0, I),
+    f(t)   = d log alpha / dt,
+    g(t)^2 = d sigma^2 / dt - 2 f(t) sigma(t)^2.
+
+All derived quantities (log-SNR lambda = log(alpha^2 / sigma^2), transition kernels,
+the DDPM/SMLD discretisation, reverse drifts) are computed from alpha and sigma once,
+in the base class; a concrete SDE only states its schedule. Two identities used
+throughout the package: g^2 / sigma^2 = -d lambda / dt for every such SDE, and the
+transition from s < t is x_t | x_s ~ N(alpha_{t|s} x_s, sigma_t^2 - alpha_{t|s}^2
+sigma_s^2) with alpha_{t|s} = alpha_t / alpha_s.
+
+SDEs are immutable pytrees (equinox Modules): they pass through jit, vmap and pmap
+as ordinary arguments. Arguments are validated when an SDE is built.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde._checks import check_time, concrete_or_none
+
+Array = jax.Array
+
+
+def _bcast(c: Array, x: Array) -> Array:
+    """Broadcast a per-example coefficient (scalar or shape (batch,)) against x."""
+    c = jnp.asarray(c)
+    if c.ndim == 0:
+        return c
+    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+
+
+class AbstractSDE(eqx.Module):
+    """Interface of a linear forward SDE dx = f(t) x dt + g(t) dW on [eps, T].
+
+    Subclasses implement `log_alpha`, `sigma`, `f`, `g2`, `t_from_log_snr` and
+    `prior_std` in closed form; everything else follows from them.
+    """
+
+    eps: eqx.AbstractVar[float]
+    T: eqx.AbstractVar[float]
+
+    # --- the schedule (closed forms, implemented per SDE) -----------------------
+    @abc.abstractmethod
+    def log_alpha(self, t: Array) -> Array:
+        """log alpha(t), the log of the signal coefficient of the marginal."""
+
+    @abc.abstractmethod
+    def sigma(self, t: Array) -> Array:
+        """sigma(t), the noise standard deviation of the marginal."""
+
+    @abc.abstractmethod
+    def f(self, t: Array) -> Array:
+        """Drift coefficient f(t) = d log alpha / dt."""
+
+    @abc.abstractmethod
+    def g2(self, t: Array) -> Array:
+        """Squared diffusion g(t)^2 = d sigma^2/dt - 2 f sigma^2."""
+
+    @abc.abstractmethod
+    def t_from_log_snr(self, log_snr: Array) -> Array:
+        """Inverse of `log_snr`: the time t at which log(alpha^2/sigma^2) = log_snr."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the Gaussian prior N(0, prior_std^2 I) at time T."""
+
+    # --- derived quantities ------------------------------------------------------
+    def alpha(self, t: Array) -> Array:
+        """alpha(t) = exp(log_alpha(t))."""
+        return jnp.exp(self.log_alpha(t))
+
+    def log_snr(self, t: Array) -> Array:
+        """lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
+        return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
+
+    def diffusion(self, t: Array) -> Array:
+        """g(t)."""
+        return jnp.sqrt(self.g2(t))
+
+    def drift(self, x: Array, t: Array) -> Array:
+        """Forward drift f(t) x."""
+        return _bcast(self.f(t), x) * x
+
+    def marginal(self, x0: Array, t: Array) -> tuple[Array, Array]:
+        """Mean alpha(t) x_0 and std sigma(t) of p_t(x | x_0), broadcast against x0."""
+        check_time(t, self, "t")
+        return _bcast(self.alpha(t), x0) * x0, _bcast(self.sigma(t), x0)
+
+    def sample_marginal(self, key: Array, x0: Array, t: Array) -> tuple[Array, Array]:
+        """Draw x_t = alpha(t) x_0 + sigma(t) z. Returns (x_t, z)."""
+        mean, std = self.marginal(x0, t)
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+        return mean + std * z, z
+
+    def transition(self, s: Array, t: Array) -> tuple[Array, Array]:
+        """Exact kernel x_t | x_s ~ N(a x_s, v I) for s < t. Returns (a, v).
+
+        a = alpha_t / alpha_s and v = sigma_t^2 - a^2 sigma_s^2 (Kingma et al. 2021,
+        "Variational Diffusion Models", eq. 3-4).
+        """
+        a = jnp.exp(self.log_alpha(t) - self.log_alpha(s))
+        v = self.sigma(t) ** 2 - (a * self.sigma(s)) ** 2
+        return a, v
+
+    def prior_sample(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        """Sample the prior x_T ~ N(0, prior_std^2 I)."""
+        return self.prior_std * jax.random.normal(key, shape, dtype)
+
+    def prior_logp(self, z: Array) -> Array:
+        """log N(z; 0, prior_std^2 I), summed over all but the first (batch) axis."""
+        z = jnp.asarray(z)
+        d = math.prod(z.shape[1:])
+        s2 = self.prior_std**2
+        sq = jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
+        return -0.5 * d * jnp.log(2 * jnp.pi * s2) - 0.5 * sq / s2
+
+    def discretize(self, x: Array, t: Array, dt: Array) -> tuple[Array, Array]:
+        """One step of the forward chain from s = t - dt to t: x_t = x_s + F + G z.
+
+        Returns (F, G) with F = (alpha_{t|s} - 1) x and G = sqrt(sigma_t^2 -
+        alpha_{t|s}^2 sigma_s^2), the exact transition. For VP this is the DDPM chain
+        (Ho et al. 2020), beta_i = 1 - alpha_{t|s}^2; for VE it is the SMLD chain
+        (Song & Ermon 2019), G^2 = sigma_t^2 - sigma_s^2. The reverse-diffusion and
+        ancestral predictors of Song et al. (2021) are built on it.
+        """
+        a, v = self.transition(t - dt, t)
+        return _bcast(a - 1.0, x) * x, _bcast(jnp.sqrt(jnp.maximum(v, 0.0)), x)
+
+    def reverse_drift(self, score_fn, x: Array, t: Array) -> Array:
+        """Drift of the reverse-time SDE (Anderson 1982): f(t) x - g(t)^2 score(x, t).
+
+        The reverse SDE is dx = [f x - g^2 score] dt + g dW_bar with dt < 0.
+        """
+        return self.drift(x, t) - _bcast(self.g2(t), x) * score_fn(x, t)
+
+    def ode_drift(self, score_fn, x: Array, t: Array) -> Array:
+        """Probability-flow ODE drift: dx/dt = f(t) x - g(t)^2 score(x, t) / 2."""
+        return self.drift(x, t) - 0.5 * _bcast(self.g2(t), x) * score_fn(x, t)
+
+    def _validate_range(self):
+        eps, T = concrete_or_none(self.eps), concrete_or_none(self.T)
+        if eps is None or T is None:
+            return
+        if not (eps > 0):
+            raise ValueError(f"eps must be > 0 (got eps={eps}); the score diverges at t=0.")
+        if not (eps < T):
+            raise ValueError(f"eps must be smaller than T (got eps={eps}, T={T}); choose 0 < eps < T.")
+
+
+def _check_schedule(name_lo: str, lo, name_hi: str, hi, *, strict: bool = True):
+    lo_c, hi_c = concrete_or_none(lo), concrete_or_none(hi)
+    if lo_c is None or hi_c is None:
+        return
+    if lo_c <= 0:
+        raise ValueError(f"{name_lo} must be positive (got {name_lo}={lo_c}).")
+    if hi_c < lo_c or (strict and hi_c == lo_c and name_lo.startswith("sigma")):
+        raise ValueError(
+            f"{name_hi} must be larger than {name_lo} (got {name_lo}={lo_c}, {name_hi}={hi_c}); "
+            "the noise schedule has to increase with t."
+        )
+
+
+class VPSDE(AbstractSDE):
+    """Variance-preserving SDE with linear beta (Song et al. 2021; DDPM, Ho et al. 2020).
+
+        dx = -beta(t)/2 x dt + sqrt(beta(t)) dW,  beta(t) = beta_min + t (beta_max - beta_min)
+        alpha(t) = exp(-B(t)/2),  B(t) = int_0^t beta = beta_min t + (beta_max - beta_min) t^2/2
+        sigma(t)^2 = 1 - exp(-B(t)).
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    eps: float = 1e-3
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_schedule("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
+        self._validate_range()
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t):
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def log_alpha(self, t):
+        return -0.5 * self.int_beta(t)
+
+    def sigma(self, t):
+        return jnp.sqrt(-jnp.expm1(-self.int_beta(t)))
+
+    def log_snr(self, t):
+        b = self.int_beta(t)
+        return -b - jnp.log(-jnp.expm1(-b))
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def t_from_log_snr(self, log_snr):
+        # B(t) = log(1 + e^{-lambda}); solve beta_min t + d t^2 / 2 = B stably.
+        b = jax.nn.softplus(-log_snr)
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+class CosineVPSDE(AbstractSDE):
+    """Variance-preserving SDE with the cosine schedule (Nichol & Dhariwal 2021).
+
+        alpha(t) = cos(theta(t)), sigma(t) = sin(theta(t)),
+        theta(t) = theta_0 + t (theta_1 - theta_0),
+        theta_0 = pi/2 * s / (1 + s)            (Nichol & Dhariwal's offset s),
+        theta_1 = arctan(exp(-log_snr_min / 2)) (log-SNR at T, instead of pi/2).
+
+    With log_snr_min -> -inf this is exactly the paper's alpha_bar(t) = cos^2(pi/2
+    (t + s)/(1 + s)) up to the normalisation by alpha_bar(0) (1 - 1.6e-4 for s=0.008).
+    Truncating at a finite log_snr_min keeps beta(T) = 2 theta' tan(theta_1) finite (the
+    paper clips the discrete betas at 0.999 for the same reason); the default -12
+    gives beta(T) ~ 1.3e3 and alpha(T) ~ 2.5e-3 (linear VP: 20 and 6.6e-3).
+        f(t) = -theta' tan(theta),  g(t)^2 = 2 theta' tan(theta),  theta' = theta_1 - theta_0.
+    """
+
+    s: float = 0.008
+    log_snr_min: float = -12.0
+    eps: float = 1e-3
+    T: float = 1.0
+
+    def __check_init__(self):
+        s = concrete_or_none(self.s)
+        if s is not None and s < 0:
+            raise ValueError(f"s must be >= 0 (got s={s}).")
+        self._validate_range()
+
+    def _theta01(self):
+        th0 = 0.5 * jnp.pi * self.s / (1.0 + self.s)
+        th1 = jnp.arctan(jnp.exp(-0.5 * self.log_snr_min))
+        return th0, th1
+
+    def _theta(self, t):
+        th0, th1 = self._theta01()
+        return th0 + t * (th1 - th0)
+
+    def log_alpha(self, t):
+        return jnp.log(jnp.cos(self._theta(t)))
+
+    def sigma(self, t):
+        return jnp.sin(self._theta(t))
+
+    def log_snr(self, t):
+        return -2.0 * jnp.log(jnp.tan(self._theta(t)))
+
+    def f(self, t):
+        th0, th1 = self._theta01()
+        return -(th1 - th0) * jnp.tan(self._theta(t))
+
+    def g2(self, t):
+        th0, th1 = self._theta01()
+        return 2.0 * (th1 - th0) * jnp.tan(self._theta(t))
+
+    def t_from_log_snr(self, log_snr):
+        th0, th1 = self._theta01()
+        return (jnp.arctan(jnp.exp(-0.5 * log_snr)) - th0) / (th1 - th0)
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+class SubVPSDE(AbstractSDE):
+    """Sub-variance-preserving SDE (Song et al. 2021, eq. 30).
+
+        dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dW
+        alpha(t) = exp(-B(t)/2),  sigma(t) = 1 - exp(-B(t)) = 1 - alpha^2,
+    with beta and B as for `VPSDE`. Its variance is below the VP one at every t.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    eps: float = 1e-3
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_schedule("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
+        self._validate_range()
+
+    def beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t):
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def log_alpha(self, t):
+        return -0.5 * self.int_beta(t)
+
+    def sigma(self, t):
+        return -jnp.expm1(-self.int_beta(t))
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t) * (-jnp.expm1(-2.0 * self.int_beta(t)))
+
+    def t_from_log_snr(self, log_snr):
+        # a = alpha^2 solves r (1 - a)^2 = a with r = e^lambda; the root in (0, 1) is
+        # a = 2r / (2r + 1 + sqrt(4r + 1)) (written without cancellation).
+        r = jnp.exp(log_snr)
+        a = 2.0 * r / (2.0 * r + 1.0 + jnp.sqrt(4.0 * r + 1.0))
+        b = -jnp.log(a)
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+class VESDE(AbstractSDE):
+    """Variance-exploding SDE with a geometric noise schedule (SMLD; Song et al. 2021).
+
+        dx = sqrt(d sigma^2/dt) dW,   alpha(t) = 1,
+        sigma(t)^2 = sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1),
+        g(t)^2 = 2 log(sigma_max/sigma_min) sigma_min^2 (sigma_max/sigma_min)^(2t).
+
+    This is the exact marginal of the SDE started at t=0. The original code uses
+    sigma(t) = sigma_min (sigma_max/sigma_min)^t, which differs by sigma_min^2 in the
+    variance (it assumes the data were already blurred by sigma_min at t=0).
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    eps: float = 1e-5
+    T: float = 1.0
+
+    def __check_init__(self):
+        _check_schedule("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
+        self._validate_range()
+
+    def _log_ratio(self):
+        return jnp.log(self.sigma_max / self.sigma_min)
+
+    def log_alpha(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def sigma(self, t):
+        return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * t * self._log_ratio()))
+
+    def log_snr(self, t):
+        return -2.0 * jnp.log(self.sigma_min) - jnp.log(jnp.expm1(2.0 * t * self._log_ratio()))
+
+    def f(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def g2(self, t):
+        lr = self._log_ratio()
+        return 2.0 * lr * self.sigma_min**2 * jnp.exp(2.0 * t * lr)
+
+    def t_from_log_snr(self, log_snr):
+        return jnp.log1p(jnp.exp(-log_snr) / self.sigma_min**2) / (2.0 * self._log_ratio())
+
+    @property
+    def prior_std(self):
+        return self.sigma_max
