@@ -17,5 +17,20 @@ from scoresde.parameterization import (
     denoiser_from_score,
     score_fn_from_network,
 )
+from scoresde.analytic import GaussianMixture
+from scoresde.losses import (
+    AbstractTimeSampler,
+    AbstractWeighting,
+    AntitheticTime,
+    DiscreteTime,
+    EDMWeighting,
+    LikelihoodImportanceTime,
+    LikelihoodWeighting,
+    LogNormalTime,
+    SimpleWeighting,
+    StratifiedTime,
+    UniformTime,
+    dsm_loss,
+)
 
 __version__ = "0.1.0"

@@ -227,19 +227,18 @@ class VPSDE(AbstractSDE):
 
 
 class CosineVPSDE(AbstractSDE):
-    """Variance-preserving SDE with the cosine schedule (Nichol & Dhariwal 2021).
+    """Variance-preserving SDE with the cosine schedule (Nichol & Dhariwal 2021, eq. 17).
 
-        alpha(t) = cos(theta(t)), sigma(t) = sin(theta(t)),
-        theta(t) = theta_0 + t (theta_1 - theta_0),
-        theta_0 = pi/2 * s / (1 + s)            (Nichol & Dhariwal's offset s),
-        theta_1 = arctan(exp(-log_snr_min / 2)) (log-SNR at T, instead of pi/2).
+        alpha(t)^2 = cos^2(theta(t)) / cos^2(theta_0),   sigma(t)^2 = 1 - alpha(t)^2,
+        theta(t) = theta_0 + t (theta_1 - theta_0),  theta_0 = pi/2 * s / (1 + s),
 
-    With log_snr_min -> -inf this is exactly the paper's alpha_bar(t) = cos^2(pi/2
-    (t + s)/(1 + s)) up to the normalisation by alpha_bar(0) (1 - 1.6e-4 for s=0.008).
-    Truncating at a finite log_snr_min keeps beta(T) = 2 theta' tan(theta_1) finite (the
-    paper clips the discrete betas at 0.999 for the same reason); the default -12
-    gives beta(T) ~ 1.3e3 and alpha(T) ~ 2.5e-3 (linear VP: 20 and 6.6e-3).
-        f(t) = -theta' tan(theta),  g(t)^2 = 2 theta' tan(theta),  theta' = theta_1 - theta_0.
+    which is the paper's alpha_bar(t) = f(t)/f(0), f(t) = cos^2(pi/2 (t + s)/(1 + s)),
+    except that theta_1 is set by the log-SNR at T, alpha(T)^2 = sigmoid(log_snr_min),
+    instead of pi/2 (where beta = g^2 is infinite; the paper clips its discrete betas
+    at 0.999 for the same reason). The default -12 gives alpha(T) ~ 2.5e-3 and
+    beta(T) ~ 1.3e3 (linear VP: 6.6e-3 and 20).
+        f(t) = -theta' tan(theta(t)),  g(t)^2 = beta(t) = 2 theta' tan(theta(t)),
+        theta' = theta_1 - theta_0.
     """
 
     s: float = 0.008
@@ -255,7 +254,7 @@ class CosineVPSDE(AbstractSDE):
 
     def _theta01(self):
         th0 = 0.5 * jnp.pi * self.s / (1.0 + self.s)
-        th1 = jnp.arctan(jnp.exp(-0.5 * self.log_snr_min))
+        th1 = jnp.arccos(jnp.cos(th0) * jnp.sqrt(jax.nn.sigmoid(self.log_snr_min)))
         return th0, th1
 
     def _theta(self, t):
@@ -263,13 +262,20 @@ class CosineVPSDE(AbstractSDE):
         return th0 + t * (th1 - th0)
 
     def log_alpha(self, t):
-        return jnp.log(jnp.cos(self._theta(t)))
+        th0, _ = self._theta01()
+        return jnp.log(jnp.cos(self._theta(t))) - jnp.log(jnp.cos(th0))
+
+    def _sigma2(self, t):
+        # 1 - cos^2(th)/cos^2(th0) = sin(th - th0) sin(th + th0) / cos^2(th0), no cancellation.
+        th0, _ = self._theta01()
+        th = self._theta(t)
+        return jnp.sin(th - th0) * jnp.sin(th + th0) / jnp.cos(th0) ** 2
 
     def sigma(self, t):
-        return jnp.sin(self._theta(t))
+        return jnp.sqrt(self._sigma2(t))
 
     def log_snr(self, t):
-        return -2.0 * jnp.log(jnp.tan(self._theta(t)))
+        return 2.0 * self.log_alpha(t) - jnp.log(self._sigma2(t))
 
     def f(self, t):
         th0, th1 = self._theta01()
@@ -280,8 +286,13 @@ class CosineVPSDE(AbstractSDE):
         return 2.0 * (th1 - th0) * jnp.tan(self._theta(t))
 
     def t_from_log_snr(self, log_snr):
+        # cos(theta) = cos(theta_0) alpha, via atan2 (arccos is ill-conditioned near 1):
+        # sin(theta)^2 = sin^2(theta_0) + cos^2(theta_0) sigma^2, sigma^2 = sigmoid(-lambda).
         th0, th1 = self._theta01()
-        return (jnp.arctan(jnp.exp(-0.5 * log_snr)) - th0) / (th1 - th0)
+        c0 = jnp.cos(th0)
+        sin_th = jnp.sqrt(jnp.sin(th0) ** 2 + c0**2 * jax.nn.sigmoid(-log_snr))
+        th = jnp.arctan2(sin_th, c0 * jnp.sqrt(jax.nn.sigmoid(log_snr)))
+        return (th - th0) / (th1 - th0)
 
     @property
     def prior_std(self):
@@ -324,11 +335,11 @@ class SubVPSDE(AbstractSDE):
         return self.beta(t) * (-jnp.expm1(-2.0 * self.int_beta(t)))
 
     def t_from_log_snr(self, log_snr):
-        # a = alpha^2 solves r (1 - a)^2 = a with r = e^lambda; the root in (0, 1) is
-        # a = 2r / (2r + 1 + sqrt(4r + 1)) (written without cancellation).
-        r = jnp.exp(log_snr)
-        a = 2.0 * r / (2.0 * r + 1.0 + jnp.sqrt(4.0 * r + 1.0))
-        b = -jnp.log(a)
+        # a = alpha^2 = e^{-B} solves r (1 - a)^2 = a with r = e^lambda; its root in (0, 1)
+        # gives B = log1p(q), q = (e^{-lambda} + e^{-lambda/2} sqrt(4 + e^{-lambda})) / 2,
+        # written without the cancellation of 1 - a for large lambda.
+        em = jnp.exp(-log_snr)
+        b = jnp.log1p(0.5 * (em + jnp.exp(-0.5 * log_snr) * jnp.sqrt(4.0 + em)))
         d = self.beta_max - self.beta_min
         return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
 

@@ -1,0 +1,200 @@
+"""Denoising score matching (Vincent 2011; Song et al. 2021) with the standard weightings.
+
+The continuous-time objective for a score function s(x, t) and a weighting lambda(t):
+
+    J(s) = E_{t ~ U[eps, T]} lambda(t) E_{x_0, z} || s(x_t, t) - grad log p(x_t | x_0) ||^2,
+    x_t = alpha(t) x_0 + sigma(t) z,   grad log p(x_t | x_0) = -z / sigma(t).
+
+It is computed as lambda(t) / sigma^2 * || sigma s + z ||^2, which stays well
+conditioned as sigma -> 0. A time sampler draws t from a density q and returns the
+weight w(t) = 1 / ((T - eps) q(t)), so E_q[w lambda loss] = J whatever q is
+(importance sampling), except `LogNormalTime`, EDM's own objective, which returns w = 1.
+
+Weightings (`__call__(t, sde) -> lambda(t)`):
+  SimpleWeighting      lambda = sigma^2: || eps_hat - z ||^2, DDPM's L_simple (Ho et al. 2020)
+  LikelihoodWeighting  lambda = g^2: J = an upper bound on the negative log-likelihood
+                       (Song, Durkan, Murray & Ermon 2021, Thm. 1)
+  EDMWeighting         lambda = (sh^2 + sd^2)/(sh sd)^2 * sigma^4 / alpha^2 with sh = sigma/alpha:
+                       EDM's lambda(sigma) || D - x_0 ||^2 (Karras et al. 2022) in score units.
+
+Time samplers (`__call__(key, n, sde) -> (t, w)`):
+  UniformTime, AntitheticTime (u_i = u_0 + i/n mod 1; Kingma et al. 2021), StratifiedTime
+  (u_i in [i/n, (i+1)/n)), LikelihoodImportanceTime (lambda = log-SNR uniform; since
+  g^2/sigma^2 = -d lambda/dt for every SDE here, q(t) ~ g^2/sigma^2 and w lambda/sigma^2 =
+  const for the likelihood weighting: Song et al. 2021's variance reduction), DiscreteTime
+  (uniform over an N-point grid: DDPM's discrete chain), LogNormalTime (EDM).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde._checks import check_batched, check_float_data, check_same_shape, check_time
+from scoresde.sde import AbstractSDE, _bcast
+
+Array = jax.Array
+
+
+# --- weightings ----------------------------------------------------------------------
+class AbstractWeighting(eqx.Module):
+    """lambda(t) of the DSM objective; `over_sigma2` gives lambda / sigma^2 stably."""
+
+    def __call__(self, t, sde: AbstractSDE) -> Array:
+        return self.over_sigma2(t, sde) * sde.sigma(t) ** 2
+
+    def over_sigma2(self, t, sde: AbstractSDE) -> Array:
+        raise NotImplementedError
+
+
+class SimpleWeighting(AbstractWeighting):
+    """lambda(t) = sigma(t)^2: the eps-loss || eps_hat - z ||^2 (DDPM's L_simple)."""
+
+    def over_sigma2(self, t, sde):
+        return jnp.ones_like(sde.sigma(t))
+
+
+class LikelihoodWeighting(AbstractWeighting):
+    """lambda(t) = g(t)^2 (Song, Durkan, Murray & Ermon 2021): J bounds -log p."""
+
+    def over_sigma2(self, t, sde):
+        return sde.g2(t) / sde.sigma(t) ** 2
+
+
+class EDMWeighting(AbstractWeighting):
+    """EDM's lambda(sh) = (sh^2 + sd^2) / (sh sd)^2 on || D - x_0 ||^2 (Karras et al. 2022).
+
+    With D - x_0 = sigma^2 (s - grad log p(x_t|x_0)) / alpha, in score units
+    lambda(t) = (sh^2 + sd^2) / (sh sd)^2 * sigma^4 / alpha^2, sh = sigma / alpha.
+    """
+
+    sigma_data: float = 0.5
+
+    def over_sigma2(self, t, sde):
+        sh2 = jnp.exp(-sde.log_snr(t))  # (sigma/alpha)^2
+        sd2 = self.sigma_data**2
+        return (sh2 + sd2) / (sh2 * sd2) * sde.sigma(t) ** 2 / sde.alpha(t) ** 2
+
+
+# --- time samplers ---------------------------------------------------------------------
+class AbstractTimeSampler(eqx.Module):
+    """Draws n times in [eps, T] and importance weights w = 1 / ((T - eps) q(t))."""
+
+    def __call__(self, key, n: int, sde: AbstractSDE) -> tuple[Array, Array]:
+        u = self.unit(key, n)
+        return sde.eps + (sde.T - sde.eps) * u, jnp.ones((n,))
+
+    def unit(self, key, n: int) -> Array:
+        raise NotImplementedError
+
+
+class UniformTime(AbstractTimeSampler):
+    """t ~ U[eps, T] independently per example."""
+
+    def unit(self, key, n):
+        return jax.random.uniform(key, (n,))
+
+
+class AntitheticTime(AbstractTimeSampler):
+    """Low-discrepancy times u_i = (u_0 + i/n) mod 1 (Kingma et al. 2021, VDM)."""
+
+    def unit(self, key, n):
+        return jnp.mod(jax.random.uniform(key, ()) + jnp.arange(n) / n, 1.0)
+
+
+class StratifiedTime(AbstractTimeSampler):
+    """One time per stratum: u_i ~ U[i/n, (i+1)/n), then shuffled over the batch."""
+
+    def unit(self, key, n):
+        k1, k2 = jax.random.split(key)
+        u = (jnp.arange(n) + jax.random.uniform(k1, (n,))) / n
+        return jax.random.permutation(k2, u)
+
+
+class DiscreteTime(AbstractTimeSampler):
+    """t uniform over the grid t_i = eps + (T - eps) i / (N - 1), i = 0..N-1.
+
+    With `SimpleWeighting` and an eps-network this is DDPM's discrete L_simple with
+    alpha_bar_i = alpha(t_i)^2 (Ho et al. 2020, eq. 14).
+    """
+
+    n_steps: int = eqx.field(static=True, default=1000)
+
+    def unit(self, key, n):
+        i = jax.random.randint(key, (n,), 0, self.n_steps)
+        return i / max(self.n_steps - 1, 1)
+
+
+class LikelihoodImportanceTime(AbstractTimeSampler):
+    """q(t) proportional to g^2/sigma^2 = -d lambda/dt: log-SNR uniform on [lambda(T), lambda(eps)].
+
+    w(t) = Z / ((T - eps) g^2/sigma^2) with Z = lambda(eps) - lambda(T), so the likelihood
+    weighting's integrand becomes Z / (T - eps) || sigma s + z ||^2 (Song et al. 2021, Sec. 5).
+    `stratified` spreads the uniform variates over the batch.
+    """
+
+    stratified: bool = eqx.field(static=True, default=True)
+
+    def __call__(self, key, n, sde):
+        u = StratifiedTime().unit(key, n) if self.stratified else UniformTime().unit(key, n)
+        lam_hi, lam_lo = sde.log_snr(sde.eps), sde.log_snr(sde.T)
+        t = sde.t_from_log_snr(lam_hi + u * (lam_lo - lam_hi))
+        t = jnp.clip(t, sde.eps, sde.T)
+        w = (lam_hi - lam_lo) / ((sde.T - sde.eps) * sde.g2(t) / sde.sigma(t) ** 2)
+        return t, w
+
+
+class LogNormalTime(AbstractTimeSampler):
+    """EDM's training noise levels: log(sigma/alpha) ~ N(p_mean, p_std^2), mapped to t, clipped.
+
+    Returns w = 1: the objective is EDM's own average over this distribution.
+    """
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    def __call__(self, key, n, sde):
+        log_sh = self.p_mean + self.p_std * jax.random.normal(key, (n,))
+        t = jnp.clip(sde.t_from_log_snr(-2.0 * log_sh), sde.eps, sde.T)
+        return t, jnp.ones((n,))
+
+
+# --- the objective -------------------------------------------------------------------------
+def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeighting = SimpleWeighting(),
+             time_sampler: AbstractTimeSampler = UniformTime(), labels=None, t=None,
+             reduce_dims: str = "sum", reduction: str = "mean"):
+    """Monte Carlo estimate of the weighted DSM objective J(s) (module docstring).
+
+    Per example i: w_i lambda(t_i)/sigma_i^2 * reduce_dims(|| sigma_i s(x_t, t_i) + z_i ||^2),
+    then `reduction` ("mean" or "sum") over the batch. `score_fn(x_t, t)` -- or
+    `score_fn(x_t, t, labels)` when labels are given -- returns an array like x0. Pass
+    `t` (shape (batch,)) to fix the times (weights are then 1). Pure and jit-able.
+
+    Returns (loss, per_example_losses).
+    """
+    x0 = jnp.asarray(x0) if not hasattr(x0, "dtype") else x0
+    check_float_data(x0, "x0")
+    check_batched(x0, "x0")
+    if reduce_dims not in ("sum", "mean"):
+        raise ValueError(f"reduce_dims must be 'sum' or 'mean', got {reduce_dims!r}.")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}.")
+    n = x0.shape[0]
+    kt, kz = jax.random.split(key)
+    if t is None:
+        t, w = time_sampler(kt, n, sde)
+    else:
+        check_time(t, sde, "t", batch=n)
+        t = jnp.broadcast_to(jnp.asarray(t, x0.dtype), (n,))
+        w = jnp.ones((n,), x0.dtype)
+    t = t.astype(x0.dtype)
+    xt, z = sde.sample_marginal(kz, x0, t)
+    s = score_fn(xt, t) if labels is None else score_fn(xt, t, labels)
+    check_same_shape(s, x0, "score_fn(x_t, t)", "x0")
+    resid = _bcast(sde.sigma(t), x0) * s + z
+    sq = resid.reshape(n, -1) ** 2
+    per = jnp.sum(sq, axis=-1) if reduce_dims == "sum" else jnp.mean(sq, axis=-1)
+    per = w * weighting.over_sigma2(t, sde) * per
+    loss = jnp.mean(per) if reduction == "mean" else jnp.sum(per)
+    return loss, per
