@@ -29,7 +29,7 @@ with sd = sigma_data and D the x0 prediction.
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import Callable, ClassVar
 
 import equinox as eqx
 import jax
@@ -126,22 +126,22 @@ class _Named(AbstractParameterization):
 
 class EpsPrediction(_Named):
     """The network predicts the noise eps (DDPM, Ho et al. 2020): score = -eps/sigma."""
-    kind = "eps"
+    kind: ClassVar[str] = "eps"
 
 
 class ScorePrediction(_Named):
     """The network predicts the score directly (NCSN, Song & Ermon 2019)."""
-    kind = "score"
+    kind: ClassVar[str] = "score"
 
 
 class X0Prediction(_Named):
     """The network predicts E[x_0 | x_t]: score = -(x - alpha x0) / sigma^2."""
-    kind = "x0"
+    kind: ClassVar[str] = "x0"
 
 
 class VPrediction(_Named):
     """The network predicts v = alpha eps - sigma x0 (Salimans & Ho 2022)."""
-    kind = "v"
+    kind: ClassVar[str] = "v"
 
 
 class EDMPreconditioning(AbstractParameterization):
