@@ -1,0 +1,16 @@
+"""Samplers of the reverse process: reverse SDE, probability-flow ODE, predictor-corrector
+and few-step solvers, all behind one entry point
+
+    res = sample(sampler, score_fn, sde, key, x_T, denoise=False, trajectory=False)
+
+returning SampleResult(samples, nfe, trajectory)."""
+
+from scoresde.sampling.base import AbstractSampler, SampleResult, sample, tweedie_denoise
+from scoresde.sampling.grids import AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid
+from scoresde.sampling.sde_solvers import EulerMaruyama, ReverseSRK
+
+__all__ = [
+    "AbstractSampler", "SampleResult", "sample", "tweedie_denoise",
+    "AbstractTimeGrid", "EDMGrid", "LogSNRGrid", "UniformTimeGrid",
+    "EulerMaruyama", "ReverseSRK",
+]

@@ -1,0 +1,79 @@
+"""Time grids T = t_0 > t_1 > ... > t_n = eps for fixed-step samplers.
+
+* `UniformTimeGrid`: t_i = T + i/n (eps - T).
+* `EDMGrid(rho)`: Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based
+  Generative Models", eq. 5) on the scaled noise level sigma_hat = sigma / alpha =
+  exp(-lambda/2):  sigma_hat_i = (sh_max^(1/rho) + i/n (sh_min^(1/rho) - sh_max^(1/rho)))^rho,
+  mapped back to time with t = sde.t_from_log_snr(-2 log sigma_hat_i); rho = 7 by default.
+* `LogSNRGrid`: uniform in lambda = log(alpha^2/sigma^2) (DPM-Solver's "logSNR" grid,
+  Lu et al. 2022).
+
+The end points are exactly T and eps. A grid is called as `grid(sde, n_steps)`
+and returns an array of n_steps + 1 times (dtype of the SDE's float type).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from scoresde.sde import AbstractSDE
+
+Array = jax.Array
+
+
+def _check_n(n_steps):
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}.")
+
+
+def _pin_ends(t, sde):
+    """Set the first and last entries exactly to T and eps (round-off of the inverse)."""
+    return t.at[0].set(sde.T).at[-1].set(sde.eps)
+
+
+class AbstractTimeGrid(eqx.Module):
+    """A decreasing time grid from T to eps: `grid(sde, n_steps) -> (n_steps + 1,)`."""
+
+    @abc.abstractmethod
+    def __call__(self, sde: AbstractSDE, n_steps: int, dtype=jnp.float32) -> Array:
+        """Times t_0 = T > ... > t_n = eps."""
+
+
+class UniformTimeGrid(AbstractTimeGrid):
+    """t_i = T + (i / n) (eps - T), i = 0..n (Song et al. 2021)."""
+
+    def __call__(self, sde, n_steps, dtype=jnp.float32):
+        _check_n(n_steps)
+        i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
+        return _pin_ends(jnp.asarray(sde.T, dtype) + i * (jnp.asarray(sde.eps, dtype) - sde.T), sde)
+
+
+class EDMGrid(AbstractTimeGrid):
+    """Karras et al. (2022) eq. 5 on sigma_hat = sigma/alpha: polynomial in sigma_hat^(1/rho)."""
+
+    rho: float = 7.0
+
+    def __call__(self, sde, n_steps, dtype=jnp.float32):
+        _check_n(n_steps)
+        T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
+        sh_max = jnp.exp(-0.5 * sde.log_snr(T))
+        sh_min = jnp.exp(-0.5 * sde.log_snr(eps))
+        i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
+        inv = 1.0 / self.rho
+        sh = (sh_max**inv + i * (sh_min**inv - sh_max**inv)) ** self.rho
+        return _pin_ends(sde.t_from_log_snr(-2.0 * jnp.log(sh)).astype(dtype), sde)
+
+
+class LogSNRGrid(AbstractTimeGrid):
+    """Uniform in log-SNR: lambda_i = lambda(T) + (i / n) (lambda(eps) - lambda(T))."""
+
+    def __call__(self, sde, n_steps, dtype=jnp.float32):
+        _check_n(n_steps)
+        T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
+        l0, l1 = sde.log_snr(T), sde.log_snr(eps)
+        i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
+        return _pin_ends(sde.t_from_log_snr(l0 + i * (l1 - l0)).astype(dtype), sde)
