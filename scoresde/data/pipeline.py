@@ -1,0 +1,300 @@
+"""Input pipeline: named data sets -> seeded, sharded, dequantised batches.
+
+Images arrive as integers k in {0, ..., L-1}, L = `DatasetInfo.num_levels` (17 for the
+digits, 256 for 8-bit images). With uniform dequantisation (Theis et al. 2016; Ho et
+al. 2019) the model sees
+
+    x01 = (k + u) / L,  u ~ U[0, 1)^D          (dequantize=True)
+    x01 = k / (L - 1)                          (dequantize=False: exact grid, ends at 0, 1)
+
+and then x = x01 ("[0,1]") or x = 2 x01 - 1 ("[-1,1]"). A density p(x) of the scaled,
+dequantised data gives the discrete log-likelihood bound
+
+    log P(k) >= E_u[ log p(x) ] + D log|dx/d(k+u)|,   |dx/d(k+u)| = s / L,
+
+s = 1 for "[0,1]" and 2 for "[-1,1]" (`log_scale_per_dim`); bits/dim = -that / (D log 2).
+Always use the data set's own L: the digits have 17 levels, not 256.
+
+Batches are per host: with `process_count` hosts every epoch's seeded permutation is
+cut into `process_count` disjoint, equal slices and host `process_index` reads its
+own; the trainer reshapes a host batch for its local devices with
+`scoresde.parallel.shard`. Randomness (shuffling, dequantisation noise, flips) comes
+from NumPy generators seeded by (seed, process_index, ...), so a run is reproducible.
+
+The loader is a small NumPy loop over TFDS random-access data sources
+(`tfds.data_source`, array_record, no TensorFlow). We looked at grain: it would add
+a dependency and worker processes for what is, at our batch sizes, a permutation and
+a gather; the digits fit in memory and TFDS sets are read by index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from scoresde.data import synthetic
+from scoresde.data.digits import prepare_digits
+
+SCALES = ("[-1,1]", "[0,1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a pipeline consumer needs to know about a named data set.
+
+    shape: one example's shape ((H, W, C) for images, (2,) for the toy sets);
+    num_levels: intensity levels L of the integer images, None for continuous data;
+    num_classes: labels are 0..num_classes-1, None when the set has no labels;
+    splits: the split names; flip_ok: whether horizontal flips keep the data on the
+    data manifold (not for digits: a flipped digit is not a digit); source: "digits"
+    (embedded TFDS builder), "synthetic" or "tfds" (user-provided TFDS files).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    num_levels: int | None
+    num_classes: int | None
+    splits: tuple[str, ...]
+    flip_ok: bool
+    source: str
+    description: str = ""
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.shape))
+
+
+SYNTHETIC_SIZES = {"train": 100_000, "validation": 10_000, "test": 10_000}
+_SYNTHETIC_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", (8, 8, 1), 17, 10, ("train", "validation", "test"), False,
+                          "digits", "scikit-learn 8x8 digits, 1350/150/297 (see scoresde.data.digits)"),
+    **{n: DatasetInfo(n, (2,), None, synthetic.NUM_CLASSES[n], tuple(SYNTHETIC_SIZES), False,
+                      "synthetic", (synthetic.__doc__ or "").strip().splitlines()[0])
+       for n in synthetic.SAMPLERS},
+    "mnist": DatasetInfo("mnist", (28, 28, 1), 256, 10, ("train", "test"), False, "tfds"),
+    "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 256, 10, ("train", "test"), True, "tfds"),
+    "cifar10": DatasetInfo("cifar10", (32, 32, 3), 256, 10, ("train", "test"), True, "tfds"),
+    "celeb_a": DatasetInfo("celeb_a", (64, 64, 3), 256, None, ("train", "validation", "test"), True,
+                           "tfds", "CelebA, central 140x140 crop resized to 64x64 (Song et al. 2021)"),
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The `DatasetInfo` of a named data set; unknown names fail listing the valid ones."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset name {name!r} is unknown; valid names: {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def log_scale_per_dim(num_levels: int, scale: str = "[-1,1]") -> float:
+    """log|dx / d(k + u)| = log(s / L) per dimension (s = 2 for "[-1,1]", 1 for "[0,1]").
+
+    Add D times this to log p(x) of the scaled data to get the dequantised
+    log-likelihood bound of the integer images (module docstring).
+    """
+    _check_scale(scale)
+    return float(np.log((2.0 if scale == "[-1,1]" else 1.0) / num_levels))
+
+
+def scale_images(k, num_levels: int, *, scale: str = "[-1,1]", dequantize: bool = True,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """Integer images k in {0..L-1} -> float32 x (module docstring); rng draws u."""
+    _check_scale(scale)
+    k = np.asarray(k, np.float64)
+    if dequantize:
+        if rng is None:
+            raise ValueError("rng is required when dequantize=True; pass numpy.random.default_rng(seed).")
+        x01 = (k + rng.random(k.shape)) / num_levels
+    else:
+        x01 = k / (num_levels - 1)
+    x = 2.0 * x01 - 1.0 if scale == "[-1,1]" else x01
+    return x.astype(np.float32)
+
+
+def to_levels(x, num_levels: int, *, scale: str = "[-1,1]", dequantized: bool = True) -> np.ndarray:
+    """Inverse of `scale_images`: float x -> integer levels in {0..L-1} (clipped).
+
+    dequantized=True inverts x01 = (k+u)/L by k = floor(L x01), exact up to float32
+    rounding within ~1e-7 of a bin edge; dequantized=False inverts x01 = k/(L-1) by
+    rounding. Model samples are mapped to images the same way.
+    """
+    _check_scale(scale)
+    x = np.asarray(x, np.float64)
+    x01 = (x + 1.0) / 2.0 if scale == "[-1,1]" else x
+    k = np.floor(x01 * num_levels) if dequantized else np.round(x01 * (num_levels - 1))
+    return np.clip(k, 0, num_levels - 1).astype(np.int32)
+
+
+def _check_scale(scale):
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
+
+
+# ----------------------------------------------------------------------------- sources
+class _ArraySource:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def get(self, idx):
+        return self.images[idx], self.labels[idx]
+
+
+class _TfdsSource:
+    """Random access to a TFDS data source; decodes, crops/resizes and picks labels."""
+
+    def __init__(self, ds, info: DatasetInfo):
+        self.ds, self.info = ds, info
+
+    def __len__(self):
+        return len(self.ds)
+
+    def get(self, idx):
+        exs = [self.ds[int(i)] for i in idx]
+        images = np.stack([_preprocess(self.info.name, np.asarray(e["image"])) for e in exs])
+        labels = np.asarray([int(e["label"]) if "label" in e else 0 for e in exs], np.int32)
+        return images, labels
+
+
+def _preprocess(name, image):
+    if name == "celeb_a":
+        # Central 140x140 crop, bicubic resize to 64x64 (score_sde / NCSN preprocessing).
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        top, left = (h - 140) // 2, (w - 140) // 2
+        crop = image[top:top + 140, left:left + 140]
+        image = np.asarray(Image.fromarray(crop).resize((64, 64), Image.BICUBIC))
+    return image
+
+
+def _open_source(name: str, split: str, data_dir: str | None):
+    info = dataset_info(name)
+    if info.source == "synthetic":
+        if split not in SYNTHETIC_SIZES:
+            raise ValueError(f"split {split!r} of {name!r} is unknown; valid splits: {', '.join(SYNTHETIC_SIZES)}.")
+        rng = np.random.default_rng([_SYNTHETIC_SPLIT_SEEDS[split], 1234])
+        return _ArraySource(*synthetic.SAMPLERS[name](rng, SYNTHETIC_SIZES[split]))
+    if info.source == "digits":
+        builder = prepare_digits(data_dir)
+        try:
+            ds = builder.as_data_source(split=split)
+        except Exception as e:  # noqa: BLE001 - re-raised with the valid names
+            raise ValueError(f"split {split!r} of 'digits' is invalid ({e}); valid splits: "
+                             f"{', '.join(info.splits)} or TFDS split expressions such as "
+                             "'train+validation' or 'train[:100]'.") from e
+        exs = [ds[i] for i in range(len(ds))]
+        images = np.stack([np.asarray(e["image"]) for e in exs]).astype(np.uint8)
+        labels = np.asarray([int(e["label"]) for e in exs], np.int32)
+        return _ArraySource(images, labels)
+    import tensorflow_datasets as tfds
+
+    try:
+        ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # noqa: BLE001 - missing files surface as many exception types
+        raise FileNotFoundError(
+            f"dataset {name!r} (split {split!r}) could not be opened from data_dir={data_dir!r} "
+            f"(default ~/tensorflow_datasets) ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). Prepare it first in "
+            f"array_record format, e.g. `tfds build {name} --file_format=array_record`, or use the "
+            "embedded 'digits' (no download needed)."
+        ) from e
+    return _TfdsSource(ds, info)
+
+
+def load_arrays(name: str, split: str, data_dir: str | None = None):
+    """The whole split as arrays: (images, labels int32) -- for evaluation.
+
+    Images are the raw integers (uint8) for image sets and float32 (n, 2) for the
+    synthetic sets. For big TFDS sets (celeb_a) this reads everything into memory.
+    """
+    src = _open_source(name, split, data_dir)
+    return src.get(np.arange(len(src)))
+
+
+# ----------------------------------------------------------------------------- iterator
+def _check_int(value, name, lo):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}.")
+
+
+def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epochs: int | None = None,
+                  dequantize: bool = True, flip: bool = False, process_index: int = 0,
+                  process_count: int = 1, data_dir: str | None = None, scale: str = "[-1,1]",
+                  shuffle: bool = True, drop_remainder: bool = True) -> Iterator[dict]:
+    """Batches {"image": float32 (batch_size, *shape), "label": int32 (batch_size,)}.
+
+    Epoch e visits a permutation of the split drawn from (seed, e) (identity if
+    shuffle=False); host `process_index` of `process_count` takes the e-th slice
+    perm[i n/P : (i+1) n/P] (disjoint across hosts, the tail n mod P is left out).
+    Batches run on across epoch boundaries; num_epochs=None repeats forever; at the
+    end of a finite run a partial batch is dropped (drop_remainder) or yielded.
+    Image sets are scaled and (optionally) dequantised as in the module docstring, with
+    flip=True flipping each image left-right with probability 1/2 (only for sets with
+    `flip_ok`); synthetic sets are yielded as they are.
+
+    All arguments are checked here, before the first batch, so a bad config fails
+    before training starts.
+    """
+    info = dataset_info(name)
+    _check_int(batch_size, "batch_size", 1)
+    _check_int(seed, "seed", 0)
+    _check_int(process_count, "process_count", 1)
+    _check_int(process_index, "process_index", 0)
+    if process_index >= process_count:
+        raise ValueError(f"process_index must be < process_count = {process_count}, got {process_index}.")
+    if num_epochs is not None:
+        _check_int(num_epochs, "num_epochs", 1)
+    _check_scale(scale)
+    if flip and not info.flip_ok:
+        ok = [n for n, i in DATASETS.items() if i.flip_ok]
+        raise ValueError(f"flip=True is not allowed for {name!r} (a mirrored example is not an example "
+                         f"of the data set); flips are allowed for: {', '.join(ok)}.")
+    src = _open_source(name, split, data_dir)
+    n_local = len(src) // process_count
+    if n_local < batch_size and drop_remainder and num_epochs == 1:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n_local} examples of split {split!r} "
+                         f"of {name!r} available to each of {process_count} process(es).")
+    if n_local == 0:
+        raise ValueError(f"split {split!r} of {name!r} has {len(src)} examples, fewer than "
+                         f"process_count={process_count}.")
+    return _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip,
+                    process_index, scale, shuffle, drop_remainder)
+
+
+def _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip, process_index,
+             scale, shuffle, drop_remainder):
+    rng = np.random.default_rng([seed, process_index, 7])  # dequantisation noise and flips
+    n = len(src)
+    buf = np.zeros((0,), np.int64)
+    epoch = 0
+    while num_epochs is None or epoch < num_epochs:
+        perm = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        buf = np.concatenate([buf, perm[process_index * n_local:(process_index + 1) * n_local]])
+        epoch += 1
+        while len(buf) >= batch_size:
+            idx, buf = buf[:batch_size], buf[batch_size:]
+            yield _make_batch(src, info, idx, rng, dequantize, flip, scale)
+    if len(buf) and not drop_remainder:
+        yield _make_batch(src, info, buf, rng, dequantize, flip, scale)
+
+
+def _make_batch(src, info, idx, rng, dequantize, flip, scale):
+    images, labels = src.get(idx)
+    if info.num_levels is None:
+        x = np.asarray(images, np.float32)
+    else:
+        if flip:
+            mirror = rng.random(len(idx)) < 0.5
+            images = np.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
+        x = scale_images(images, info.num_levels, scale=scale, dequantize=dequantize, rng=rng)
+    return {"image": x, "label": np.asarray(labels, np.int32)}
