@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Bootstrap and run scoresde on a fresh machine with nothing but Python 3.11.
+
+    python3 dev.py run    # the main job on the embedded default (see README)
+    python3 dev.py test   # the test suite (what .ci/run calls)
+
+Creates .venv/ next to this file on first use and installs the package with its test
+extra; re-installs when setup.cfg or pyproject.toml change. Standard library only.
+Extra arguments after the command are passed on (to pytest, or to the main job).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = VENV / ".scoresde-install-stamp"
+
+MAIN_JOB = ["experiments/core_demo.py"]
+
+
+def _spec_hash() -> str:
+    h = hashlib.sha256()
+    for name in ("setup.cfg", "pyproject.toml"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"scoresde needs Python >= 3.11, this is {sys.version.split()[0]}.")
+    if not PY.exists():
+        print(f"[dev] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    want = _spec_hash()
+    if not STAMP.exists() or STAMP.read_text() != want:
+        print("[dev] installing scoresde and its dependencies (about a minute)", flush=True)
+        subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], cwd=ROOT)
+        subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "-e", ".[test]"], cwd=ROOT)
+        STAMP.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("run", "test"):
+        print(__doc__)
+        return 2
+    ensure_env()
+    cmd, rest = argv[0], argv[1:]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if cmd == "test":
+        return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
+    return subprocess.call([str(PY), *MAIN_JOB, *rest], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
