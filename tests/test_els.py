@@ -21,7 +21,7 @@ from scoresde.analytic.calibration import (PatchSchedule, calibrate_patch_sizes,
                                            cosine_similarity, scheduled_score_fn)
 from scoresde.analytic.ideal import IdealScore, ideal_score_fn
 from scoresde.analytic.local import ELSMachine, LSMachine, extract_patches
-from scoresde.sde import CosineVPSDE, VESDE, VPSDE
+from scoresde.sde import CosineVPSDE, VESDE
 
 SDE = CosineVPSDE()
 
@@ -59,7 +59,7 @@ def test_ideal_score_is_gaussian_mixture_score_with_vanishing_variance():
     with enable_x64(True):
         train, x = _data(0, 9, (4, 3, 2), 5)
         t = jnp.array([0.15, 0.3, 0.5, 0.7, 0.95])
-        for sde in (SDE, VPSDE(), VESDE(sigma_min=0.5, sigma_max=20.0)):
+        for sde in (SDE, VESDE(sigma_min=0.5, sigma_max=20.0)):
             gm = GaussianMixture(jnp.full(9, 1 / 9), jnp.asarray(train.reshape(9, -1)),
                                  jnp.broadcast_to(1e-12 * jnp.eye(24), (9, 24, 24)))
             ideal = IdealScore(jnp.asarray(train), chunk_size=4)
@@ -79,7 +79,7 @@ def test_chunked_equals_unchunked():
         train, x = _data(1, 11, (5, 4, 1), 3)
         train, x = jnp.asarray(train), jnp.asarray(x)
         t = jnp.array([0.2, 0.5, 0.9])
-        for chunk in (1, 4, 5):
+        for chunk in (1, 4):
             np.testing.assert_allclose(IdealScore(train, chunk_size=chunk).score(x, t, SDE),
                                        IdealScore(train, chunk_size=None).score(x, t, SDE),
                                        rtol=1e-11, atol=1e-11)
@@ -87,10 +87,9 @@ def test_chunked_equals_unchunked():
                                        LSMachine(train, 3, chunk_size=None).denoise(x, t, SDE),
                                        rtol=1e-11, atol=1e-11)
         full = ELSMachine(train, 3, chunk_size=None, dedup=False).denoise(x, t, SDE)
-        for chunk in (7, 64):
-            for dedup in (False, True):
-                got = ELSMachine(train, 3, chunk_size=chunk, dedup=dedup).denoise(x, t, SDE)
-                np.testing.assert_allclose(got, full, rtol=1e-10, atol=1e-10)
+        for chunk, dedup in ((7, False), (64, True)):
+            got = ELSMachine(train, 3, chunk_size=chunk, dedup=dedup).denoise(x, t, SDE)
+            np.testing.assert_allclose(got, full, rtol=1e-10, atol=1e-10)
 
 
 def test_dedup_merges_identical_patches_with_their_multiplicity():
@@ -235,7 +234,9 @@ def test_calibration_recovers_a_known_schedule():
     machines = {p: ELSMachine(train, p) for p in (1, 3, 5)}
     net = scheduled_score_fn(machines, true, SDE)
     traj = jnp.stack([jnp.asarray(x, jnp.float32) * SDE.sigma(t) for t in times])
-    sched, cos = calibrate_patch_sizes(net, lambda p: machines[p].score_fn(SDE), traj, times,
+    score = jax.jit(lambda m, x, t: m.score(x, t, SDE))
+    sched, cos = calibrate_patch_sizes(jax.jit(net), lambda p: (lambda x, t: score(machines[p], x, t)),
+                                       traj, times,
                                        (1, 3, 5), batch_size=4)
     assert sched.sizes == true.sizes
     np.testing.assert_allclose(cos[np.arange(4), [2, 2, 1, 0]], 1.0, atol=1e-5)

@@ -115,7 +115,9 @@ def calibrate_patch_sizes(net_score: Callable, machine_score: Callable[[int], Ca
 
     Args:
       net_score: score(x, t) of the trained network.
-      machine_score: P -> score(x, t) of the machine with patch size P.
+      machine_score: P -> score(x, t) of the machine with patch size P. Pass jitted
+        functions (ideally with the machine's arrays as jit arguments, not closed-over
+        constants, which XLA would fold at compile time); nothing is jitted here.
       trajectory: (n, B, ...) the network's own states x_{t_i} at which it evaluated
         its score (state before step i of its deterministic sampler).
       times: (n,) the matching times t_i.
@@ -137,8 +139,8 @@ def calibrate_patch_sizes(net_score: Callable, machine_score: Callable[[int], Ca
         raise ValueError(f"candidate_sizes must be non-empty positive odd integers, got {cands}.")
     b = trajectory.shape[1]
     bs = b if batch_size is None else int(batch_size)
-    fns = {p: jax.jit(machine_score(p)) for p in cands}
-    net = jax.jit(net_score)
+    fns = {p: machine_score(p) for p in cands}
+    net = net_score
     med = np.zeros((times.shape[0], len(cands)))
     for i in range(times.shape[0]):
         x, t = trajectory[i], times[i]

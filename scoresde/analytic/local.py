@@ -224,7 +224,8 @@ class ELSMachine(_LocalMachine):
     patches: Array  # (K, P, P, C) distinct training patches
     sqnorm: Array  # (K,) ||psi||^2
     centres: Array  # (K, C) psi[c]
-    log_count: Array  # (K,) log multiplicity
+    log_count: Array  # (K,) log multiplicity (NEG on padding rows)
+    n_patches: int = eqx.field(static=True)  # number of distinct training patches
     shape: tuple = eqx.field(static=True)
     patch_size: int = eqx.field(static=True)
     boundary: str = eqx.field(static=True)
@@ -260,15 +261,23 @@ class ELSMachine(_LocalMachine):
         else:
             counts = np.ones(patches.shape[0])
         r = self.patch_size // 2
+        sqnorm = np.sum(patches.astype(np.float64) ** 2, axis=(1, 2, 3))
+        centres = patches[:, r, r, :]
+        log_count = np.log(counts)
+        self.n_patches = patches.shape[0]
+        # Pad once, here, to a whole number of chunks (padding rows weigh exp(NEG) = 0),
+        # so no concatenation happens per call.
+        if self.chunk_size is not None:
+            pad = -self.n_patches % self.chunk_size
+            if pad and self.n_patches > self.chunk_size:
+                patches = np.concatenate([patches, np.zeros((pad,) + patches.shape[1:])])
+                sqnorm = np.concatenate([sqnorm, np.zeros(pad)])
+                centres = np.concatenate([centres, np.zeros((pad,) + centres.shape[1:])])
+                log_count = np.concatenate([log_count, np.full(pad, NEG)])
         self.patches = jnp.asarray(patches, dtype)
-        self.sqnorm = jnp.asarray(np.sum(patches.astype(np.float64) ** 2, axis=(1, 2, 3)), dtype)
-        self.centres = jnp.asarray(patches[:, r, r, :], dtype)
-        self.log_count = jnp.asarray(np.log(counts), dtype)
-
-    @property
-    def n_patches(self) -> int:
-        """Number of distinct training patches K."""
-        return self.patches.shape[0]
+        self.sqnorm = jnp.asarray(sqnorm, dtype)
+        self.centres = jnp.asarray(centres, dtype)
+        self.log_count = jnp.asarray(log_count, dtype)
 
     def posterior_mean(self, x: Array, alpha: Array, sigma: Array) -> Array:
         """D_ELS(x) for given alpha, sigma (scalars or (batch,))."""
