@@ -13,6 +13,7 @@ from scoresde.models.embeddings import (
 )
 from scoresde.models.mlp import MLP
 from scoresde.models.resnet import LocalResNet
+from scoresde.models.unet import UNet
 
 __all__ = ["LocalResNet", "MLP", "TimeEmbedding", "count_params", "gaussian_fourier_embedding",
-           "sinusoidal_embedding"]
+           "sinusoidal_embedding", "UNet"]
