@@ -255,9 +255,12 @@ class ELSMachine(_LocalMachine):
         dtype = np.dtype(train_images.dtype)
         patches = extract_patches(train_images, self.patch_size, boundary)
         if dedup:
-            flat, counts = np.unique(patches.reshape(patches.shape[0], -1), axis=0,
-                                     return_counts=True)
-            patches = flat.reshape((-1,) + patches.shape[1:])
+            # Byte-wise identical rows (one memcmp sort, much faster than unique(axis=0)).
+            # -0.0 and +0.0 stay separate entries, which is still exact.
+            flat = np.ascontiguousarray(patches.reshape(patches.shape[0], -1))
+            rows = flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()
+            _, first, counts = np.unique(rows, return_index=True, return_counts=True)
+            patches = patches[first]
         else:
             counts = np.ones(patches.shape[0])
         r = self.patch_size // 2
