@@ -21,6 +21,7 @@ from scoresde.analytic.calibration import (PatchSchedule, calibrate_patch_sizes,
                                            cosine_similarity, scheduled_score_fn)
 from scoresde.analytic.ideal import IdealScore, ideal_score_fn
 from scoresde.analytic.local import ELSMachine, LSMachine, extract_patches
+from scoresde.sampling import DDIM, sample
 from scoresde.sde import CosineVPSDE, VESDE
 
 SDE = CosineVPSDE()
@@ -190,25 +191,13 @@ def test_class_conditional_ideal_score_sums_over_one_class():
             IdealScore(jnp.asarray(train)).score(jnp.asarray(x), t, SDE, y)
 
 
-def _ddim(score_fn, sde, x, times):
-    """Deterministic DDIM (Song et al. 2021) on the grid `times`, last step to x0."""
-    def step(x, ts):
-        t, t_next = ts
-        a, s = sde.alpha(t), sde.sigma(t)
-        x0 = (x + s * s * score_fn(x, t)) / a
-        eps = (x - a * x0) / s
-        nxt = sde.alpha(t_next) * x0 + sde.sigma(t_next) * eps
-        return nxt, (x, x0)
-    xs, (traj, x0s) = jax.lax.scan(step, x, (times[:-1], times[1:]))
-    return x0s[-1], traj
-
-
 def test_sampling_with_the_ideal_score_reproduces_training_images():
     rng = np.random.default_rng(8)
     train = jnp.asarray(rng.uniform(-1, 1, size=(12, 6, 6, 1)), jnp.float32)
     x_T = SDE.prior_sample(jax.random.PRNGKey(0), (16, 6, 6, 1))
-    times = jnp.linspace(SDE.T, SDE.eps, 31)
-    out, _ = jax.jit(lambda x: _ddim(ideal_score_fn(train, SDE, chunk_size=5), SDE, x, times))(x_T)
+    score = ideal_score_fn(train, SDE, chunk_size=5)
+    out = jax.jit(lambda x: sample(DDIM(30), score, SDE, jax.random.PRNGKey(1), x,
+                                   denoise=True).samples)(x_T)
     d = jnp.sqrt(jnp.sum((out[:, None] - train[None]) ** 2, axis=(2, 3, 4)))
     nn = jnp.min(d, axis=1)
     assert float(nn.max()) < 1e-3 * float(jnp.sqrt(jnp.sum(train[0] ** 2)))
