@@ -77,9 +77,10 @@ def test_classifier_guidance_is_bayes_exact():
     t = jnp.full((5,), 0.3)
     for k in range(2):
         logp = lambda v, t: jnp.log(gm.posterior_weights(v, t, SDE)[:, k])
-        got = classifier_guided_score(gm.score_fn(SDE), logp, 1.0)(x, t)
         comp = GaussianMixture(jnp.ones(1), gm.means[k:k + 1], gm.covs[k:k + 1])
-        np.testing.assert_allclose(got, comp.score(x, t, SDE), rtol=1e-4, atol=1e-4)
+        got, want = jax.jit(lambda x, t: (classifier_guided_score(gm.score_fn(SDE), logp, 1.0)(x, t),
+                                          comp.score(x, t, SDE)))(x, t)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 # --- operators -----------------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_shape_errors():
 # --- exact conditional laws ----------------------------------------------------------
 def test_mixture_condition_vs_importance_sampling():
     """Closed-form p(x | y) of a 2-component mixture in 3-D with y = A x + 0.3 n, against
-    self-normalised importance sampling from the prior (x64, 400k draws)."""
+    self-normalised importance sampling from the prior (x64, 150k draws)."""
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         L = rng.normal(size=(2, 3, 3)) * 0.5
@@ -135,7 +136,7 @@ def test_mixture_condition_vs_importance_sampling():
         sy = 0.3
         y = jnp.array([0.4, -0.2])
         post = mixture_condition(gm, A, y, sy)
-        x, k = gm.sample_with_labels(jax.random.key(3), 400_000)
+        x, k = gm.sample_with_labels(jax.random.key(3), 150_000)
         logw = -0.5 * jnp.sum((x @ A.T - y) ** 2, -1) / sy**2
         w = np.asarray(jax.nn.softmax(logw))
         ess = 1.0 / np.sum(w**2)
@@ -145,7 +146,7 @@ def test_mixture_condition_vs_importance_sampling():
         wk = np.array([w[np.asarray(k) == j].sum() for j in range(2)])
         C_ex = np.asarray(post.covariance())
         se_m = np.sqrt(np.diag(C_ex) / ess)
-        assert ess > 5_000
+        assert ess > 2_000
         assert np.all(np.abs(m_is - np.asarray(post.mean())) < 4.5 * se_m)
         d = np.diag(C_ex)
         assert np.all(np.abs(C_is - C_ex) < 4.5 * np.sqrt((np.outer(d, d) + C_ex**2) / ess))
@@ -203,16 +204,15 @@ def test_replacement_inpainting_exact_and_observed_pixels(iso, problem):
     _moment_check(res.samples, post)
 
 
-def test_every_sampler_family_and_pmap(iso):
+def test_every_sampler_family(iso):
     """Pi-GDM through PC, reverse SDE, adaptive PF-ODE (per-example diffrax solve, via
-    sample_conditional) and EDM; replacement with an ODE predictor; all through pmap over
-    2 devices, equal to the single-device result. Super-resolution: A x must match y."""
+    sample_conditional) and EDM; replacement with an ODE predictor. Super-resolution:
+    A x must match y."""
     op = AveragePool(2)
     B = 8
     x0 = iso.sample(jax.random.key(5), B).reshape((B,) + XS)
     y = op.apply(x0)
     xT = SDE.prior_sample(jax.random.key(6), (B,) + XS)
-    keys = jax.random.split(jax.random.key(7), B)
     sf = iso.score_fn(SDE)
     make = lambda yy: pigdm_score(sf, SDE, op, yy, data_var=VAR)
     samplers = [PredictorCorrector(n_steps=30), EulerMaruyama(n_steps=60),
@@ -224,27 +224,42 @@ def test_every_sampler_family_and_pmap(iso):
                                        sf, SDE, op, y, k, x).samples)
         return jnp.stack(outs, 1)
 
-    one = jax.jit(run)(keys, xT, y)
-    two = pmap_over_batch(run, batched_argnums=(0, 1, 2))(keys, xT, y)
-    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-4)
+    one = jax.jit(run)(jax.random.key(7), xT, y)
     for j in range(one.shape[1]):
         err = jnp.max(jnp.abs(op.apply(one[:, j]) - y))
         assert err < 0.05, (j, float(err))
-    # and class-conditional CFG through pmap: labels are sharded with the batch
+
+
+def test_guidance_through_pmap():
+    """CFG (exact class-conditional scores of a 2-class mixture, null label = the mixture),
+    Pi-GDM and replacement sampling split over 2 devices give the single-device result;
+    labels and observations are sharded with the batch."""
+    B = 8
     gm = GaussianMixture.isotropic(jnp.full(2, 0.5), jnp.stack([jnp.full(D, -2.0), jnp.full(D, 2.0)]), 0.1)
     comps = [GaussianMixture(jnp.ones(1), gm.means[k:k + 1], gm.covs[k:k + 1]) for k in range(2)]
 
-    def net(x, t, lab):  # exact class-conditional score, label 2 = null (the mixture)
+    def net(x, t, lab):  # exact class-conditional score; label 2 = null (the mixture)
         s = [c.score(x, t, SDE) for c in comps] + [gm.score(x, t, SDE)]
         return jnp.select([(lab == i)[:, None, None, None] for i in range(3)], s)
 
+    op = Inpainting(MASK)
     labels = jnp.arange(B) % 2
+    x0 = gm.sample(jax.random.key(5), B).reshape((B,) + XS)
+    y = op.apply(x0)
+    xT = SDE.prior_sample(jax.random.key(6), (B,) + XS)
+    keys = jax.random.split(jax.random.key(7), B)
 
-    def run_cfg(k, x, lab):
-        return sample(DPMSolverPP(n_steps=10), classifier_free_guidance(net, lab, 1.0, num_classes=2),
-                      SDE, k, x, denoise=True).samples
+    def run(k, x, lab, y):
+        a = sample(DPMSolverPP(n_steps=10), classifier_free_guidance(net, lab, 1.0, num_classes=2),
+                   SDE, k, x, denoise=True).samples
+        b = sample(PredictorCorrector(n_steps=10), pigdm_score(gm.score_fn(SDE), SDE, op, y),
+                   SDE, k, x, denoise=True).samples
+        c = sample_replacement(ReplacementSampler(10), gm.score_fn(SDE), SDE, op, y, k, x).samples
+        return jnp.stack([a, b, c], 1)
 
-    a = jax.jit(run_cfg)(keys, xT, labels)
-    b = pmap_over_batch(run_cfg, batched_argnums=(0, 1, 2))(keys, xT, labels)
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(jnp.mean(a.reshape(B, -1), -1) > 0, labels == 1)
+    one = jax.jit(run)(keys, xT, labels, y)
+    two = pmap_over_batch(run, batched_argnums=(0, 1, 2, 3))(keys, xT, labels, y)
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(jnp.mean(one[:, 0].reshape(B, -1), -1) > 0, labels == 1)
+    obs = np.asarray(MASK[None] > 0).repeat(B, 0)
+    assert np.array_equal(np.asarray(one[:, 2])[obs], np.asarray(y)[obs])

@@ -10,7 +10,7 @@ from scoresde.guidance.conditional import (
 from scoresde.guidance.operators import AbstractLinearOperator, AveragePool, Colorization, Inpainting
 from scoresde.guidance.inverse import (
     ODEEulerPredictor, ReplacementSampler, dps_score, pigdm_score, sample_conditional,
-    sample_replacement)
+    sample_replacement, tweedie_cov_score)
 from scoresde.guidance.exact import (
     exact_posterior, gaussian_condition, mixture_condition, operator_matrix, operator_rows)
 
@@ -18,6 +18,6 @@ __all__ = [
     "check_labels", "cfg_score", "classifier_free_guidance", "classifier_guided_score", "with_labels",
     "AbstractLinearOperator", "AveragePool", "Colorization", "Inpainting",
     "ODEEulerPredictor", "ReplacementSampler", "dps_score", "pigdm_score", "sample_conditional",
-    "sample_replacement",
+    "sample_replacement", "tweedie_cov_score",
     "exact_posterior", "gaussian_condition", "mixture_condition", "operator_matrix", "operator_rows",
 ]
