@@ -8,9 +8,18 @@ returning SampleResult(samples, nfe, trajectory)."""
 from scoresde.sampling.base import AbstractSampler, SampleResult, sample, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid
 from scoresde.sampling.sde_solvers import EulerMaruyama, ReverseSRK
+from scoresde.sampling.ode import ODEEuler, ODEHeun, ProbabilityFlowODE
+from scoresde.sampling.pc import (
+    AbstractCorrector, AbstractPredictor, AncestralPredictor, EulerMaruyamaPredictor,
+    LangevinCorrector, NoneCorrector, NonePredictor, PredictorCorrector, ReverseDiffusionPredictor,
+)
+from scoresde.sampling.fewstep import DDIM, DPMSolverPP, EDMHeun
 
 __all__ = [
     "AbstractSampler", "SampleResult", "sample", "tweedie_denoise",
     "AbstractTimeGrid", "EDMGrid", "LogSNRGrid", "UniformTimeGrid",
-    "EulerMaruyama", "ReverseSRK",
+    "EulerMaruyama", "ReverseSRK", "ODEEuler", "ODEHeun", "ProbabilityFlowODE",
+    "AbstractCorrector", "AbstractPredictor", "AncestralPredictor", "EulerMaruyamaPredictor",
+    "LangevinCorrector", "NoneCorrector", "NonePredictor", "PredictorCorrector",
+    "ReverseDiffusionPredictor", "DDIM", "DPMSolverPP", "EDMHeun",
 ]
