@@ -95,5 +95,26 @@ def to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def broadcast_to_devices(tree: Any, n_devices: int | None = None) -> Any:
+    """Replicate `tree` for pmap as host arrays with a leading axis of n_devices copies.
+
+    (Added for scoresde.training: `jax.device_put_replicated`, used by `replicate`, is
+    removed in jax 0.10.) pmap places slice i on local device i at the first call.
+    """
+    n = n_devices or jax.local_device_count()
+    return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)).copy(), tree)
+
+
+def pmap_train_step(step_fn: Callable, *, axis_name: str = "batch", donate_state: bool = True) -> Callable:
+    """Data-parallel `step(state, batch)` over the local devices (added for scoresde.training).
+
+    `step_fn` must average its gradients with `lax.pmean(..., axis_name)`; `state` is
+    replicated (`replicate`) and `batch` sharded (`shard`), each device taking its slice
+    of the host's global batch. With `donate_state` the input state's buffers are reused.
+    """
+    return jax.pmap(step_fn, axis_name=axis_name, donate_argnums=(0,) if donate_state else ())
+
+
 __all__ = ["local_device_count", "check_divisible", "shard", "unshard", "replicate", "unreplicate",
-           "pmap_over_batch", "initialize_distributed", "process_info", "to_host"]
+           "pmap_over_batch", "initialize_distributed", "process_info", "to_host", "pmap_train_step",
+           "broadcast_to_devices"]

@@ -1,0 +1,123 @@
+"""Checkpoints with orbax: periodic, keep-last-N, atomic, verified on restore.
+
+Layout: `directory/<step>/{state, meta}` written by `orbax.checkpoint.CheckpointManager`.
+Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp...` and
+renamed to `<step>` only when complete (`AtomicRenameTemporaryPath`, the default on
+local file systems), so a run killed mid-save leaves no directory that looks finished;
+leftover tmp directories are never listed as steps and are cleaned on the next start.
+
+`meta` (JSON) holds what a resumed run needs besides the arrays -- the data iterator
+position and seed, the best validation value so far -- and a SHA-256 fingerprint of
+every array of the state. `restore_latest` walks the steps from newest to oldest and
+returns the first one that restores AND matches its fingerprint; a truncated or
+corrupted newest checkpoint is moved to `<directory>_corrupted/<step>` with a warning
+and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def fingerprint(tree: Any) -> str:
+    """SHA-256 over the dtype, shape and bytes of every leaf (in tree order)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(jax.device_get(leaf))
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class Checkpointer:
+    """Thin wrapper around `ocp.CheckpointManager` for a TrainState plus JSON metadata.
+
+    directory: where steps go (created); max_to_keep: the last N steps are kept;
+    async_save: orbax writes in a background thread (call `wait` before exiting).
+    """
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 (or None to keep all), got {max_to_keep}.")
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self._mgr = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted((self._mgr.reload(), self._mgr.all_steps())[1])
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict | None = None) -> bool:
+        """Save `state` (host copy) and `meta` (+ fingerprint) as step `step`."""
+        state = jax.device_get(state)
+        meta = dict(meta or {})
+        meta["fingerprint"] = fingerprint(state)
+        meta["step"] = int(step)
+        return self._mgr.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict]:
+        """Restore step `step` into the structure of `target`; raise if it does not verify."""
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, jax.device_get(target))
+        out = self._mgr.restore(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        state, meta = out["state"], dict(out["meta"])
+        if meta.get("fingerprint") != fingerprint(state):
+            raise ValueError(f"checkpoint {step} in {self.directory} does not match its fingerprint "
+                             "(corrupted data)")
+        return state, meta
+
+    def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
+        """Newest checkpoint that restores and verifies, or None if there is none.
+
+        Broken checkpoints are moved aside to `<directory>_corrupted/` with a warning,
+        so later saves at the same step do not collide with them.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(step, target)
+            except Exception as e:  # noqa: BLE001 - any failure means "not a good checkpoint"
+                warnings.warn(f"checkpoint at step {step} in {self.directory} is unreadable or corrupted "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                              "falling back to the previous checkpoint.", RuntimeWarning, stacklevel=2)
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int):
+        src = os.path.join(self.directory, str(step))
+        dst_dir = self.directory.rstrip("/") + "_corrupted"
+        os.makedirs(dst_dir, exist_ok=True)
+        if os.path.exists(src):
+            dst = os.path.join(dst_dir, str(step))
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            shutil.move(src, dst)
+        self._mgr.reload()
+
+    def wait(self):
+        """Block until pending asynchronous saves are on disk."""
+        self._mgr.wait_until_finished()
+
+    def close(self):
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+
+
+def read_meta(directory: str, step: int) -> dict:
+    """The JSON metadata of a saved step (without restoring arrays)."""
+    with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+        return json.load(f)

@@ -1,0 +1,196 @@
+"""The training loop: steps, NaN guard, periodic checkpoints, SIGTERM, metrics, progress.
+
+    state = train_loop(state, train_step, batches, num_steps=..., checkpointer=..., ...)
+
+The loop is device-agnostic: `train_step` may be jitted (one device) or pmapped (then
+`state` is replicated and `to_host` unreplicates it for saving and evaluation). It
+
+- stops with `NonFiniteLossError` naming the first step whose loss or gradient norm is
+  NaN/inf; that state is never saved, so the last good checkpoint stays the newest;
+- saves every `save_every` steps and at the end (orbax: atomic, keep last N);
+- on SIGTERM (pre-emption) finishes the current step, saves, waits for the write and
+  raises `Preempted` (the entry point exits with status 143), so a restart with the
+  same command resumes there;
+- writes scalars to stdout and TensorBoard (tensorboardX event files) and shows a
+  one-line progress bar with loss and steps/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) became NaN/inf; `step` is the offending step number."""
+
+    def __init__(self, step: int, loss: float):
+        self.step = step
+        super().__init__(f"non-finite loss {loss} at step {step}; stopping. The state of this step was "
+                         "not saved: the newest checkpoint is the last good one. Lower the learning "
+                         "rate, raise warm-up or clip gradients harder.")
+
+
+class Preempted(SystemExit):
+    """SIGTERM was received; a checkpoint was written at `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(143)
+
+
+class MetricWriter:
+    """Scalars to stdout and to TensorBoard event files in `logdir` (tensorboardX)."""
+
+    def __init__(self, logdir: str | None, *, stdout: bool = True, enabled: bool = True):
+        self.stdout = stdout and enabled
+        self._tb = None
+        if logdir is not None and enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = ""):
+        values = {prefix + k: float(v) for k, v in values.items()}
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self.stdout:
+            print(f"[step {step}] " + ", ".join(f"{k}={v:.5g}" for k, v in values.items()), flush=True)
+
+    def image(self, step: int, tag: str, image_hwc: np.ndarray):
+        if self._tb is not None:
+            self._tb.add_image(tag, np.asarray(image_hwc), step, dataformats="HWC")
+            self._tb.flush()
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+class ProgressBar:
+    """`step/total [####....] loss=... 12.3 steps/s` on one line of stderr (a tty), else silent."""
+
+    def __init__(self, total: int, start: int = 0, width: int = 30, enabled: bool | None = None):
+        self.total, self.start, self.width = total, start, width
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+
+    def rate(self, step: int) -> float:
+        return (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def update(self, step: int, loss: float | None = None, force: bool = False):
+        now = time.perf_counter()
+        if not self.enabled or (now - self._last < 0.2 and not force):
+            return
+        self._last = now
+        frac = step / max(self.total, 1)
+        bar = "#" * int(frac * self.width)
+        msg = f"\r{step}/{self.total} [{bar:<{self.width}}] "
+        if loss is not None:
+            msg += f"loss={loss:.4g} "
+        msg += f"{self.rate(step):.1f} steps/s"
+        sys.stderr.write(msg)
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Yield a threading.Event set by SIGTERM while the block runs (main thread only)."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check(step: int, metrics: dict):
+    m = jax.device_get(metrics)
+    loss = float(np.asarray(m["loss"]).reshape(-1)[0])
+    if not bool(np.all(np.asarray(m["finite"]))) or not math.isfinite(loss):
+        raise NonFiniteLossError(step, loss)
+    return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in m.items() if k != "finite"}
+
+
+def train_loop(state: Any, train_step: Callable, batches: Iterable, *, start_step: int, num_steps: int,
+               checkpointer=None, save_every: int = 1000, meta_fn: Callable[[int], dict] = lambda s: {},
+               to_host: Callable[[Any], Any] = lambda s: s, writer: MetricWriter | None = None,
+               log_every: int = 100, hooks: tuple[tuple[int, Callable], ...] = (),
+               progress: bool | None = None) -> Any:
+    """Run steps start_step+1 .. num_steps; return the final state (see module docstring).
+
+    batches: an iterator yielding batches ready for `train_step` (positioned at
+    `start_step`); meta_fn(step): JSON metadata saved with a checkpoint; hooks:
+    (every, fn) pairs, fn(step, host_state) -> dict of scalars logged under "eval/"
+    (e.g. validation loss and best-checkpoint selection), run before the save of that step.
+    """
+    if start_step >= num_steps:
+        return state
+    bar = ProgressBar(num_steps, start_step, enabled=progress)
+    it = iter(batches)
+    pending = None  # (step, metrics) not yet checked: checked after the next dispatch
+    t_log, s_log = time.perf_counter(), start_step
+
+    def save(step):
+        checkpointer.save(step, to_host(state), meta_fn(step))
+
+    with sigterm_flag() as terminated:
+        for step in range(start_step + 1, num_steps + 1):
+            batch = next(it)
+            state, metrics = train_step(state, batch)
+            if pending is not None:  # check the previous step while this one runs
+                vals = _check(*pending)
+                bar.update(pending[0], vals["loss"])
+            pending = (step, metrics)
+            boundary = (step % log_every == 0 or step == num_steps
+                        or (checkpointer is not None and step % save_every == 0)
+                        or any(step % every == 0 for every, _ in hooks) or terminated.is_set())
+            if not boundary:
+                continue
+            vals = _check(*pending)  # never save or evaluate a non-finite state
+            pending = None
+            if writer is not None and (step % log_every == 0 or step == num_steps):
+                now = time.perf_counter()
+                vals["steps_per_s"] = (step - s_log) / max(now - t_log, 1e-9)
+                t_log, s_log = now, step
+                writer.scalars(step, vals, prefix="train/")
+            bar.update(step, vals["loss"], force=True)
+            for every, fn in hooks:  # before the save, so meta_fn sees their results
+                if step % every == 0 or step == num_steps:
+                    out = fn(step, to_host(state))
+                    if out and writer is not None:
+                        writer.scalars(step, out, prefix="eval/")
+            if checkpointer is not None and (step % save_every == 0 or step == num_steps
+                                             or terminated.is_set()):
+                save(step)
+            if terminated.is_set():
+                checkpointer is not None and checkpointer.wait()
+                bar.close()
+                print(f"SIGTERM received: saved a checkpoint at step {step}; exiting.", flush=True)
+                raise Preempted(step)
+        if pending is not None:
+            _check(*pending)
+    bar.close()
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state
