@@ -82,7 +82,14 @@ def prepare_digits(data_dir: str | None = None) -> Digits:
     Building takes about 2 s and needs no network. Concurrent builders are safe: TFDS
     writes into a temporary directory and renames it when complete.
     """
-    builder = Digits(data_dir=data_dir or default_data_dir(), file_format="array_record")
+    data_dir = data_dir or default_data_dir()
+    builder = Digits(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except OSError:
+            # Another process may have renamed its finished copy into place first.
+            builder = Digits(data_dir=data_dir, file_format="array_record")
+            if not builder.is_prepared():
+                raise
     return builder
