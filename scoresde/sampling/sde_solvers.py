@@ -117,9 +117,11 @@ class EulerMaruyama(AbstractSampler):
     def run(self, score_fn, sde, keys, x_T, save_trajectory):
         ts = self.grid(sde, self.n_steps, x_T.dtype)
         if self.use_diffrax:
+            # With a VirtualBrownianTree, build it with the Levy area ReverseSRK uses: the
+            # levy_area setting changes the path, and one key should mean one path.
+            levy = diffrax.BrownianIncrement if self.brownian_tol is None else diffrax.SpaceTimeLevyArea
             return _reverse_sde_forward_time(score_fn, sde, diffrax.Euler(), ts, keys, x_T,
-                                             save_trajectory, self.brownian_tol,
-                                             diffrax.BrownianIncrement)
+                                             save_trajectory, self.brownian_tol, levy)
 
         def step(i, x, t, t_next):
             h = t - t_next
