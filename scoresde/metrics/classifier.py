@@ -149,9 +149,14 @@ def _unflatten(flat):
 
 
 def load_digit_classifier(*, cache_dir: str | None = None, data_dir: str | None = None, seed: int = 0,
-                          retrain: bool = False) -> DigitClassifier:
-    """The cached classifier, trained on the digits "train" split if the cache is missing."""
-    path = os.path.join(cache_dir or default_cache_dir(), f"digit_classifier_{CACHE_VERSION}_seed{seed}.npz")
+                          steps: int = 3000, retrain: bool = False) -> DigitClassifier:
+    """The cached classifier, trained on the digits "train" split if the cache is missing.
+
+    The cache file name records (version, seed, steps); the default 3000 AdamW steps
+    take a few seconds on CPU and give about 99-100% test accuracy.
+    """
+    path = os.path.join(cache_dir or default_cache_dir(),
+                        f"digit_classifier_{CACHE_VERSION}_seed{seed}_steps{steps}.npz")
     if not retrain and os.path.exists(path):
         try:
             with np.load(path) as f:
@@ -161,7 +166,7 @@ def load_digit_classifier(*, cache_dir: str | None = None, data_dir: str | None 
     from scoresde.data import load_arrays
 
     images, labels = load_arrays("digits", "train", data_dir=data_dir)
-    clf = train_digit_classifier(images, labels, seed=seed)
+    clf = train_digit_classifier(images, labels, seed=seed, steps=steps)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **_flatten(clf.params))
