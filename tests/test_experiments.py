@@ -1,0 +1,108 @@
+"""Experiments: configs build, bad config values fail before training with the option and
+the valid choices, and a tiny 2-D run trains and resumes bitwise with the same command (eval mode:
+experiments/benchmarks/results/digits_default.md)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import registry, train
+from experiments.configs import cifar10_ddpmpp, digits_subvp, digits_ve, digits_vp, mnist, toy2d
+from scoresde.training import Checkpointer
+
+
+def tiny_toy():
+    c = toy2d.get_config("ring")
+    c.data.batch_size = 16
+    c.model.kwargs.width = 16
+    c.model.kwargs.depth = 1
+    c.training.num_steps = 6
+    c.training.save_every = 3
+    c.training.log_every = 3
+    c.training.eval_every = 0
+    c.training.eval_at_end = False
+    c.eval.max_examples = 16
+    c.eval.batch = 16
+    c.eval.trace = "hutchinson"
+    c.eval.rtol = c.eval.atol = 1e-3
+    c.eval.n_samples = 32
+    c.sampling.n_steps = 10
+    c.sampling.batch = 32
+    return c
+
+
+@pytest.mark.parametrize("module", [digits_vp, digits_subvp, digits_ve, toy2d, mnist, cifar10_ddpmpp])
+def test_configs_build(module):
+    s = train.Setup(module.get_config())
+    assert s.host_batch % jax.local_device_count() == 0
+
+
+@pytest.mark.parametrize("option, value, valid", [
+    ("sde.name", "vpp", "subvp, ve, vp"),
+    ("model.name", "transformer", "local_resnet, mlp, unet"),
+    ("model.parameterization", "noise", "edm, eps, score, v, x0"),
+    ("training.weighting", "fancy", "edm, likelihood, simple"),
+    ("sampling.method", "magic", "ddim"),
+])
+def test_unknown_names_fail_listing_choices(tmp_path, option, value, valid):
+    c = tiny_toy()
+    section, key = option.split(".")
+    c[section][key] = value
+    with pytest.raises(ValueError, match=f"{option}={value!r}.*valid choices: .*{valid}"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")  # nothing started
+
+
+def test_unknown_dataset_and_indivisible_batch_fail_early(tmp_path):
+    c = tiny_toy()
+    c.data.dataset = "imagenet"
+    with pytest.raises(ValueError, match="data.dataset='imagenet'.*valid choices: .*digits"):
+        train.train_and_evaluate(c, str(tmp_path))
+    c = tiny_toy()
+    c.data.batch_size = 15  # 2 forced devices
+    with pytest.raises(ValueError, match="data.batch_size=15 .*not divisible by the 2 local devices"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_missing_tfds_dataset_fails_before_training(tmp_path):
+    c = mnist.get_config()
+    c.data.data_dir = str(tmp_path / "no_data")
+    with pytest.raises(FileNotFoundError, match="mnist.*tfds build mnist"):
+        train.train_and_evaluate(c, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_mlp_on_images_and_unet_on_vectors():
+    c = toy2d.get_config()
+    c.model.name = "unet"
+    c.model.kwargs = {}
+    with pytest.raises(ValueError, match="model.name='unet' needs images"):
+        train.Setup(c)
+    assert registry.model_input_shape(digits_vp.get_config(), (8, 8, 1)) == (64,)
+
+
+def _final_state(workdir, s):
+    state, meta = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False).restore_latest(s.init_state())
+    return state, meta
+
+
+def test_toy_run_resumes_bitwise(tmp_path):
+    c = tiny_toy()
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    train.train_and_evaluate(c, full)                   # 6 steps (pmap over 2 devices)
+    c3 = tiny_toy()
+    c3.training.num_steps = 3
+    train.train_and_evaluate(c3, part)                  # stopped after step 3 ...
+    train.train_and_evaluate(c, part)                   # ... same command again: resumes to 6
+    s = train.Setup(c)
+    a, ma = _final_state(full, s)
+    b, mb = _final_state(part, s)
+    assert ma["step"] == mb["step"] == 6 and mb["data_batches"] == 6
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tb")))
+
