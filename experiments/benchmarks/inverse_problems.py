@@ -139,15 +139,178 @@ NOTES = """
 """
 
 
+DIGITS_MARK = "## Half-masked test digits"
+
+
+def digits_inpainting(seed: int = 0) -> str:
+    """Inpainting of half-masked test digits (top 4 rows observed) with an *analytic* prior:
+    a 20-component full-covariance Gaussian mixture fitted (scikit-learn EM) to the train
+    digits, whose exact score drives the samplers and whose exact posterior p(x | y) is a
+    re-weighted mixture (the ceiling any method can reach with this prior). Labels of the
+    completions come from a logistic-regression classifier on the train digits (a stand-in:
+    the toolkit has no trained digit classifier yet)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.mixture import GaussianMixture as SkGM
+
+    from scoresde.data import load_arrays
+    from scoresde.guidance import mixture_condition
+    from scoresde.guidance.exact import operator_matrix, operator_rows
+
+    t0 = time.time()
+    (xtr, ltr), (xte, lte) = load_arrays("digits", "train"), load_arrays("digits", "test")
+    scale = lambda x: (np.asarray(x, np.float32) / 16 * 2 - 1).reshape(len(x), -1)  # noqa: E731
+    Xtr, Xte = scale(xtr), scale(xte)
+    clf = LogisticRegression(max_iter=2000, C=0.5).fit(Xtr, ltr)
+    sk = SkGM(n_components=20, covariance_type="full", reg_covar=1e-2, random_state=seed).fit(Xtr)
+    gm = GaussianMixture(jnp.asarray(sk.weights_ / sk.weights_.sum(), jnp.float32),
+                         jnp.asarray(sk.means_, jnp.float32), jnp.asarray(sk.covariances_, jnp.float32))
+    xs, N = (8, 8, 1), len(Xte)
+    mask = jnp.zeros(xs).at[:4].set(1.0)
+    op = Inpainting(mask)
+    y = op.apply(jnp.asarray(Xte).reshape((N,) + xs))
+    xT = SDE.prior_sample(jax.random.key(seed), (N,) + xs)
+    sf = gm.score_fn(SDE)
+    v = float(np.trace(np.cov(Xtr.T)) / Xtr.shape[1])
+    A, keep = jnp.asarray(operator_matrix(op, xs)), operator_rows(op, xs)
+    rows = []
+
+    def add(name, nfe, out):
+        out = np.asarray(out).reshape(N, -1)
+        acc = np.mean(clf.predict(out) == lte)
+        obs = np.asarray(mask).reshape(-1) > 0
+        exact = bool(np.array_equal(out[:, obs], np.asarray(y).reshape(N, -1)[:, obs]))
+        err = np.max(np.abs(out[:, obs] - np.asarray(y).reshape(N, -1)[:, obs]))
+        rows.append(f"| {name} | {nfe} | {100 * acc:.1f}% | {'yes' if exact else f'no ({err:.1e})'} |")
+
+    add("original test digits (classifier accuracy)", "-", Xte)
+    add("zero-filled input", "-", y)
+    post = jax.jit(jax.vmap(lambda k, y1: mixture_condition(gm, A, y1.reshape(-1)[keep]).sample(k, 1)[0]))
+    add("exact posterior p(x given y) of the fitted prior (ceiling)", "-",
+        post(jax.random.split(jax.random.key(seed + 5), N), y))
+    rep = eqx.filter_jit(lambda k, x, y: sample_replacement(ReplacementSampler(200), sf, SDE, op, y, k, x))
+    add("replacement (reverse diffusion, 200 steps)", 201, rep(jax.random.key(seed + 1), xT, y).samples)
+    from scoresde.sampling import LangevinCorrector
+    repc = eqx.filter_jit(lambda k, x, y: sample_replacement(ReplacementSampler(
+        100, corrector=LangevinCorrector(snr=0.16)), sf, SDE, op, y, k, x))
+    add("replacement + Langevin corrector (100 steps)", 201, repc(jax.random.key(seed + 1), xT, y).samples)
+    pig = eqx.filter_jit(lambda k, x, y: sample(DPMSolverPP(n_steps=40), pigdm_score(
+        sf, SDE, op, y, data_var=v), SDE, k, x, denoise=True).samples)
+    add("Pi-GDM + DPM-Solver++ (40 steps)", 41, pig(jax.random.key(seed + 1), xT, y))
+    twc = eqx.filter_jit(lambda k, x, y: sample(DPMSolverPP(n_steps=20), tweedie_cov_score(
+        sf, SDE, op, y), SDE, k, x, denoise=True).samples)
+    add("tweedie-cov + DPM-Solver++ (20 steps)", 21, twc(jax.random.key(seed + 1), xT, y))
+    hdr = [DIGITS_MARK, "", f"{N} test digits (8x8, scaled to [-1, 1]), top 4 rows observed, one completion "
+           "each. Prior: a 20-component full-covariance Gaussian mixture fitted by EM (scikit-learn) "
+           "to the train digits; its exact score drives every method and its exact posterior is "
+           "the ceiling for this prior. Labels from a logistic-regression classifier on the train "
+           f"digits (stand-in: no trained toolkit classifier exists yet). {time.time() - t0:.0f} s.", "",
+           "| method | NFE | classifier recovers the true label | observed pixels == input |",
+           "|---|---|---|---|"]
+    note = ["", "The exact posterior of this prior recovers the label on 88.9% of the digits (>= 85%); "
+            "the samplers lose 11-30 points to their approximations of p(y | x_t) - the same "
+            "biases as in the mixture rows above (a digit prior is a mixture whose component is "
+            "undecided at intermediate t). Replacement is worse than zero-filling: it never feeds "
+            "the joint constraint back into the unknown rows. Pi-GDM / tweedie-cov match the "
+            "observed pixels only to the printed tolerance; replace them by y after sampling "
+            "(op.replace(x, y)) when exact equality is needed."]
+    return "\n".join(hdr + rows + note) + "\n"
+
+
+CFG_MARK = "## Classifier-free guidance on digits"
+
+
+def _frechet(a, b):
+    """Frechet distance between Gaussians fitted to the rows of a and b (pixel space)."""
+    from scipy.linalg import sqrtm
+
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a.T), np.cov(b.T)
+    cs = sqrtm(ca @ cb).real
+    return float(np.sum((ma - mb) ** 2) + np.trace(ca + cb - 2 * cs))
+
+
+def digits_cfg(seed: int = 0, per_class: int = 100) -> str:
+    """Class-conditional digits by classifier-free guidance with an *analytic* class-conditional
+    prior: per class a 3-component full-covariance Gaussian mixture fitted by EM to the train
+    digits of that class; the null label (10) is the label-marginal mixture. The guided score
+    (1 + w) s(x | c) - w s(x) (cfg_score via classifier_free_guidance) drives DPM-Solver++."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.mixture import GaussianMixture as SkGM
+
+    from scoresde.data import load_arrays
+    from scoresde.guidance import classifier_free_guidance
+
+    t0 = time.time()
+    (xtr, ltr), (xte, lte) = load_arrays("digits", "train"), load_arrays("digits", "test")
+    scale = lambda x: (np.asarray(x, np.float32) / 16 * 2 - 1).reshape(len(x), -1)  # noqa: E731
+    Xtr, Xte = scale(xtr), scale(xte)
+    ltr = np.asarray(ltr)
+    clf = LogisticRegression(max_iter=2000, C=0.5).fit(Xtr, ltr)
+    comps, ws, ms, cs = [], [], [], []
+    for c in range(10):
+        sk = SkGM(n_components=3, covariance_type="full", reg_covar=1e-2, random_state=seed).fit(Xtr[ltr == c])
+        w = sk.weights_ / sk.weights_.sum()
+        comps.append(GaussianMixture(jnp.asarray(w, jnp.float32), jnp.asarray(sk.means_, jnp.float32),
+                                     jnp.asarray(sk.covariances_, jnp.float32)))
+        ws.append(w * np.mean(ltr == c))
+        ms.append(sk.means_)
+        cs.append(sk.covariances_)
+    ws = np.concatenate(ws)
+    marg = GaussianMixture(jnp.asarray(ws / ws.sum(), jnp.float32), jnp.asarray(np.concatenate(ms), jnp.float32),
+                           jnp.asarray(np.concatenate(cs), jnp.float32))
+
+    def net(x, t, lab):  # exact class-conditional score; label 10 = null (marginal)
+        scores = [g.score(x, t, SDE) for g in comps] + [marg.score(x, t, SDE)]
+        return jnp.select([(lab == i).reshape((-1,) + (1,) * (x.ndim - 1)) for i in range(11)], scores)
+
+    B = 10 * per_class
+    labels = jnp.repeat(jnp.arange(10), per_class)
+    xT = SDE.prior_sample(jax.random.key(seed), (B, 8, 8, 1))
+    rows = []
+    for w in (0.0, 1.0, 2.0, 4.0):
+        run = eqx.filter_jit(lambda k, x, lab, w: sample(DPMSolverPP(n_steps=30), classifier_free_guidance(
+            net, lab, w, num_classes=10), SDE, k, x, denoise=True).samples)
+        out = np.asarray(run(jax.random.key(seed + 1), xT, labels, jnp.asarray(w))).reshape(B, -1)
+        agree = np.mean(clf.predict(out) == np.asarray(labels))
+        rows.append(f"| {w:g} | {100 * agree:.1f}% | {_frechet(out, Xte):.2f} |")
+    hdr = [CFG_MARK, "", f"{per_class} samples per class, DPM-Solver++ (30 steps, NFE 62 with the two "
+           "scores of CFG), exact class-conditional scores of a per-class 3-component Gaussian "
+           "mixture fitted to the train digits (no trained network: the training stack had not "
+           "landed); agreement by a logistic-regression classifier on the train digits "
+           f"(98.3% test accuracy); Frechet distance in pixel space to the {len(Xte)} test digits "
+           f"(test vs train: {_frechet(Xtr, Xte):.2f}). {time.time() - t0:.0f} s.", "",
+           "| w | classifier agrees with the requested class | Frechet distance (pixels) |",
+           "|---|---|---|"]
+    return "\n".join(hdr + rows) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=4000, help="samples per method and setting")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--section", choices=["all", "gaussian", "digits", "cfg"], default="all",
+                   help="digits: only (re)write the half-masked digits section of --out")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "inverse_problems.md"))
     a = p.parse_args(argv)
     steps = {"replacement": [10, 30, 100, 300], "pigdm": [5, 10, 20, 40], "tweedie-cov": [5, 10, 20, 40]}
     if a.quick:
         steps = {k: v[1::2] for k, v in steps.items()}
+    if a.section == "digits":
+        old = open(a.out).read() if os.path.exists(a.out) else ""
+        old = old.split(DIGITS_MARK)[0].split(CFG_MARK)[0].rstrip("\n") + "\n\n"
+        text = digits_inpainting()
+        print(text)
+        with open(a.out, "w") as fh:
+            fh.write(old + text)
+        return
+    if a.section == "cfg":
+        old = open(a.out).read() if os.path.exists(a.out) else ""
+        old = old.split(CFG_MARK)[0].rstrip("\n") + "\n\n"
+        text = digits_cfg()
+        print(text)
+        with open(a.out, "w") as fh:
+            fh.write(old + text)
+        return
     runners = {(m, n): make_runner(m, n) for m, ns in steps.items() for n in ns}
     t_start = time.time()
     lines = ["| data | problem | method | NFE | mean z | cov ratio | weights z | max abs(Ax-y) |",
@@ -172,6 +335,8 @@ def main(argv=None):
            "< 3 = no detectable bias); cov ratio: Frobenius error / Monte-Carlo noise level "
            "(~1 when exact); weights z: mixture component weights |error| / SE.", ""]
     text = "\n".join(hdr + lines) + "\n" + NOTES
+    if a.section == "all":
+        text += "\n" + digits_inpainting() + "\n" + digits_cfg()
     print(text)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:
