@@ -275,8 +275,8 @@ def digits_cfg(seed: int = 0, per_class: int = 100) -> str:
         rows.append(f"| {w:g} | {100 * agree:.1f}% | {_frechet(out, Xte):.2f} |")
     hdr = [CFG_MARK, "", f"{per_class} samples per class, DPM-Solver++ (30 steps, NFE 62 with the two "
            "scores of CFG), exact class-conditional scores of a per-class 3-component Gaussian "
-           "mixture fitted to the train digits (no trained network: the training stack had not "
-           "landed); agreement by a logistic-regression classifier on the train digits "
+           "mixture fitted to the train digits (no class-conditional network was trained for this "
+           "table); agreement by a logistic-regression classifier on the train digits "
            f"(98.3% test accuracy); Frechet distance in pixel space to the {len(Xte)} test digits "
            f"(test vs train: {_frechet(Xtr, Xte):.2f}). {time.time() - t0:.0f} s.", "",
            "| w | classifier agrees with the requested class | Frechet distance (pixels) |",
