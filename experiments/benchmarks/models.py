@@ -10,6 +10,7 @@ recommended for the 8x8 digits on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -22,11 +23,13 @@ from scoresde.models import MLP, LocalResNet, UNet, count_params
 CONFIGS = {
     "MLP(256x3) digits-flat": (lambda: MLP(width=256, depth=3), (64,)),
     "MLP(512x4) digits-flat": (lambda: MLP(width=512, depth=4, dropout=0.1), (64,)),
+    "UNet ch16 (1,2) rb1 digits": (lambda: UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1), (8, 8, 1)),
     "UNet ch32 (1,2) rb1 digits": (lambda: UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1), (8, 8, 1)),
     "UNet ch32 (1,2) rb2 attn4 digits": (lambda: UNet(ch=32, ch_mult=(1, 2), num_res_blocks=2,
                                                       attn_resolutions=(4,)), (8, 8, 1)),
     "UNet ch64 (1,2) rb2 attn4 digits": (lambda: UNet(ch=64, ch_mult=(1, 2), num_res_blocks=2,
                                                       attn_resolutions=(4,)), (8, 8, 1)),
+    "LocalResNet c32 L8 digits": (lambda: LocalResNet(channels=32, n_layers=8), (8, 8, 1)),
     "LocalResNet c64 L8 digits": (lambda: LocalResNet(channels=64, n_layers=8), (8, 8, 1)),
     "UNet ch32 (1,2,2) rb1 attn7 mnist": (lambda: UNet(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                                                        attn_resolutions=(7,)), (28, 28, 1)),
@@ -75,7 +78,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--only", default="", help="substring filter on config names")
     args = ap.parse_args()
-    print(f"batch {args.batch}, {jax.devices()[0].platform}, {jax.device_count()} device(s)\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"batch {args.batch}, {jax.devices()[0].platform}, {jax.device_count()} device(s), "
+          f"{os.cpu_count()} cores, load average {load:.1f} at start\n")
     print("| config | params | forward ms | train step ms |")
     print("|---|---:|---:|---:|")
     for name, (make, shape) in CONFIGS.items():
