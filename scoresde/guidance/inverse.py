@@ -2,7 +2,7 @@
 
 Two families:
 
-* Score transforms (`pigdm_score`, `dps_score`): they return a score function of x_t that
+* Score transforms (`pigdm_score`, `dps_score`, `tweedie_cov_score`): they return a score function of x_t that
   approximates the *conditional* score grad log p_t(x_t | y) = s(x_t) + grad log p_t(y | x_t),
   so they work with every sampler of `scoresde.sampling` (reverse SDE, PC, probability-flow
   ODE, few-step solvers) and through pmap. Both write p_t(y | x_t) = int p(y | x_0)
@@ -13,11 +13,15 @@ Two families:
   after every step; `scoresde.sampling.sample` has none, so it is its own lax.scan loop here,
   reusing the predictor and corrector modules of `scoresde.sampling.pc` (reverse SDE,
   reverse diffusion, ancestral, Langevin) and the probability-flow Euler step below.
+
+Per-example conditioning (y with a batch axis) is closed over by the guided score; the
+diffrax samplers (ProbabilityFlowODE, ReverseSRK) vmap their solve per example and call the
+score with a batch of one, so use `sample_conditional`, which vmaps the whole sampler.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import equinox as eqx
 import jax
