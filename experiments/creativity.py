@@ -52,10 +52,12 @@ flags.DEFINE_list("nets", ["resnet", "unet"], "Networks to train: resnet, unet."
 flags.DEFINE_integer("n_samples", 100, "Seeds sampled per network.")
 flags.DEFINE_integer("n_steps", 20, "Score evaluations of the deterministic sampler.")
 flags.DEFINE_integer("train_steps", 2500, "Training steps of the LocalResNet.")
-flags.DEFINE_integer("unet_train_steps", 1200, "Training steps of the UNet.")
+flags.DEFINE_integer("unet_train_steps", 1000, "Training steps of the UNet.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_float("lr", 2e-3, "Adam learning rate (after warm-up).")
 flags.DEFINE_float("ema", 0.999, "EMA decay of the sampled parameters.")
+flags.DEFINE_enum("boundary", "zeros", ["zeros", "circular"],
+                  "Padding of the LocalResNet and boundary of the ELS machine.")
 flags.DEFINE_integer("resnet_channels", 32, "LocalResNet width.")
 flags.DEFINE_integer("unet_channels", 32, "UNet base width.")
 flags.DEFINE_list("patch_sizes", ["1", "3", "5", "7", "9", "11", "13", "15"],
@@ -114,7 +116,7 @@ def make_net(name: str):
     """Name -> Flax module (the explicit mapping of this experiment)."""
     import scoresde.models as models
     if name == "resnet":
-        return models.LocalResNet(channels=FLAGS.resnet_channels, n_layers=8, padding="zeros")
+        return models.LocalResNet(channels=FLAGS.resnet_channels, n_layers=8, padding=FLAGS.boundary)
     if name == "unet":
         unet = getattr(models, "UNet", None)
         if unet is not None:
@@ -140,11 +142,13 @@ def train(net, sde, x_train, key, steps):
         return dsm_loss(score, sde, k, x0)[0]
 
     @jax.jit
-    def step(p, ema, s, k, x0):
+    def step(p, ema, s, k, x0, i):
         loss, g = jax.value_and_grad(loss_fn)(p, k, x0)
         upd, s = opt.update(g, s, p)
         p = optax.apply_updates(p, upd)
-        ema = jax.tree_util.tree_map(lambda e, q: FLAGS.ema * e + (1 - FLAGS.ema) * q, ema, p)
+        # EMA with warm-up, so the random initialisation does not linger in short runs.
+        d = jnp.minimum(FLAGS.ema, (1.0 + i) / (10.0 + i))
+        ema = jax.tree_util.tree_map(lambda e, q: d * e + (1 - d) * q, ema, p)
         return p, ema, s, loss
 
     ema = params
@@ -154,7 +158,7 @@ def train(net, sde, x_train, key, steps):
     for i in range(steps):
         idx = rng.integers(0, n, FLAGS.batch_size)
         key, sk = jax.random.split(key)
-        params, ema, opt_state, loss = step(params, ema, opt_state, sk, x_train[idx])
+        params, ema, opt_state, loss = step(params, ema, opt_state, sk, x_train[idx], i)
         losses.append(float(loss)) if i % 100 == 0 or i == steps - 1 else None
     return ema, losses
 
@@ -247,7 +251,7 @@ def main(argv):
     machine_score = jax.jit(lambda m, x, t: m.score(x, t, sde))
     ideal = IdealScore(x_train, chunk_size=512)
     t0 = time.time()
-    els = {p: ELSMachine(x_np, p, boundary="zeros", chunk_size=4096) for p in sizes}
+    els = {p: ELSMachine(x_np, p, boundary=FLAGS.boundary, chunk_size=4096) for p in sizes}
     ls = {p: LSMachine(x_train, p, chunk_size=512) for p in sizes}
     print(f"machines built in {time.time() - t0:.1f}s; distinct ELS patches: "
           + ", ".join(f"P={p}: {m.n_patches}" for p, m in els.items()), flush=True)
@@ -349,7 +353,7 @@ def write_markdown(path, log, rows, t_ideal, nn_ideal):
         "Correlation = Pearson per image (authors' script); R^2 = 1 - SS_res/SS_tot with the "
         "network output as target; 'beats ideal' = fraction of images whose correlation (R^2) "
         "exceeds the ideal score's; NN = RMS per-pixel distance to the nearest training image "
-        "(0 = memorised). ELS: zero-padding (boundary-broken) machine. P(t) calibrated per "
+        f"(0 = memorised). ELS boundary / ResNet padding: {FLAGS.boundary}. P(t) calibrated per "
         f"network on {FLAGS.calib_samples} of the seeds, candidates {FLAGS.patch_sizes}.",
         "",
         "| network | machine | median corr | median R^2 | beats ideal (corr) | beats ideal (R^2) | median NN dist |",
