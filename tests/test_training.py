@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from scoresde import VPSDE, EpsPrediction, parallel
-from scoresde.losses import LikelihoodImportanceTime, LikelihoodWeighting, StratifiedTime
+from scoresde.losses import StratifiedTime
 from scoresde.models import MLP
 from scoresde.training import (
     Checkpointer, NonFiniteLossError, Preempted, create_train_state, ema_decay_at, ema_update,
@@ -56,7 +56,7 @@ def test_pmap_step_equals_single_device():
     assert jax.local_device_count() == 2
     tx = make_optimizer(1e-3, warmup_steps=2)
     state = create_train_state(MODEL, tx, jax.random.PRNGKey(1), jnp.zeros((2, D)))
-    kw = dict(weighting=LikelihoodWeighting(), time_sampler=LikelihoodImportanceTime())
+    kw = dict(time_sampler=StratifiedTime())  # strata span the GLOBAL batch
     single = jax.jit(make_train_step(MODEL, SDE, EpsPrediction(), tx, **kw))
     multi = parallel.pmap_train_step(make_train_step(MODEL, SDE, EpsPrediction(), tx, axis_name="batch",
                                                      n_devices=2, **kw), donate_state=False)
