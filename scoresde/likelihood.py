@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde._keys import per_example_keys
 from scoresde._checks import check_batched, check_float_data, concrete_or_none
 from scoresde.sde import AbstractSDE
 
@@ -53,27 +54,6 @@ Array = jax.Array
 
 _TRACES = ("hutchinson", "exact")
 _PROBES = ("rademacher", "gaussian")
-
-
-def example_keys(key: Array, batch: int, name: str = "key") -> Array:
-    """One PRNG key per example: split a single key into `batch` keys, or check a batch of keys.
-
-    A single key is a typed key of shape () or a raw uint32 key of shape (2,); a batch of
-    keys has shape (batch,) (typed) or (batch, 2) (raw). Passing per-example keys makes
-    the randomness of example i depend on key i only (needed for device-split batches).
-    """
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    single_ndim = 0 if typed else 1
-    if key.ndim == single_ndim:
-        return jax.random.split(key, batch)
-    if key.ndim == single_ndim + 1:
-        if key.shape[0] != batch:
-            raise ValueError(f"{name} holds {key.shape[0]} keys but the batch has {batch} examples; "
-                             "pass one key, or exactly one key per example.")
-        return key
-    raise ValueError(f"{name} must be one PRNG key or a batch of {batch} keys, got shape {key.shape} "
-                     f"(dtype {key.dtype}); build keys with jax.random.key / jax.random.split.")
 
 
 def _evals_per_solve(solver, num_steps: Array) -> Array:
@@ -198,7 +178,7 @@ def log_likelihood(
     check_float_data(x, "x")
     check_batched(x, "x")
     batch = x.shape[0]
-    keys = example_keys(key, batch)
+    keys = per_example_keys(key, batch)
     terminal_logp = sde.prior_logp if terminal_logp is None else terminal_logp
     _evals_per_solve(solver, 0)  # fail early on a solver without a tableau
     x_T, delta, nfe = _solve_augmented(score_fn, sde, keys, x, trace, n_probes, probe, rtol, atol, solver,
@@ -299,11 +279,11 @@ def data_bits_per_dim(
     """
     levels = jnp.asarray(levels)
     check_batched(levels, "levels")
-    keys = example_keys(key, levels.shape[0])
+    keys = per_example_keys(key, levels.shape[0])
     kd, kl = jax.vmap(lambda k: jax.random.split(k, 2))(keys).swapaxes(0, 1)
     x = jax.vmap(lambda k, lv: dequantize(k, lv, num_levels=num_levels, data_range=data_range))(kd, levels)
     logp, nfe = log_likelihood(score_fn, sde, kl, x, **likelihood_kwargs)
     return bits_per_dim(logp, math.prod(levels.shape[1:]), num_levels=num_levels, data_range=data_range), nfe
 
 
-__all__ = ["log_likelihood", "bits_per_dim", "dequantize", "data_bits_per_dim", "example_keys"]
+__all__ = ["log_likelihood", "bits_per_dim", "dequantize", "data_bits_per_dim"]

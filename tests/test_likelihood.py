@@ -17,8 +17,9 @@ from scipy.stats import norm
 
 from scoresde.analytic import GaussianMixture
 from scoresde.likelihood import (
-    bits_per_dim, data_bits_per_dim, dequantize, example_keys, log_likelihood,
+    bits_per_dim, data_bits_per_dim, dequantize, log_likelihood,
 )
+from scoresde._keys import per_example_keys
 from scoresde.sde import VPSDE
 
 SDE = VPSDE(beta_min=0.1, beta_max=20.0, eps=1e-3, T=1.0)
@@ -250,5 +251,5 @@ def test_errors_name_the_argument(gauss):
         bits_per_dim(jnp.zeros(2), 3, num_levels=256, data_range=(1, -1))
     with pytest.raises(ValueError, match="levels must lie in"):
         dequantize(jax.random.key(0), jnp.array([[0, 17]]), num_levels=17)
-    assert example_keys(jax.random.key(0), 4).shape == (4,)
-    assert example_keys(jax.random.PRNGKey(0), 4).shape == (4, 2)
+    assert per_example_keys(jax.random.key(0), 4).shape == (4,)
+    assert per_example_keys(jax.random.PRNGKey(0), 4).shape == (4,)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data, concrete_or_none
 from scoresde.guidance.operators import AbstractLinearOperator
-from scoresde.sampling.base import SampleResult, per_example_keys
+from scoresde._keys import per_example_keys
+from scoresde.sampling.base import SampleResult
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
 from scoresde.sampling.pc import (AbstractCorrector, AbstractPredictor, NoneCorrector,
                                   NonePredictor, ReverseDiffusionPredictor)

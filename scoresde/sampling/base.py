@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data, check_same_shape
+from scoresde._keys import per_example_keys
 from scoresde.sde import AbstractSDE, _bcast
 
 Array = jax.Array
@@ -53,23 +54,6 @@ class AbstractSampler(eqx.Module):
     def run(self, score_fn: ScoreFn, sde: AbstractSDE, keys: Array, x_T: Array,
             save_trajectory: bool) -> tuple[Array, Array, Optional[Array]]:
         """Integrate from x_T at t=T to t=eps; see the class docstring."""
-
-
-def per_example_keys(key, batch: int) -> Array:
-    """Typed key array of shape (batch,): `key` split in `batch`, or `key` itself if it
-    already holds one key per example (a typed (B,) array or raw uint32 (B, 2))."""
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.dtype != jnp.uint32:
-            raise TypeError(f"key must be a PRNG key (jax.random.key / PRNGKey) or an array of "
-                            f"{batch} keys, got dtype {key.dtype}.")
-        key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        return jax.random.split(key, batch)
-    if key.shape == (batch,):
-        return key
-    raise ValueError(f"key must be one PRNG key or one key per example (shape ({batch},) typed "
-                     f"or ({batch}, 2) raw), got a key array of shape {key.shape}.")
 
 
 def tweedie_denoise(score_fn: ScoreFn, sde: AbstractSDE, x: Array, t) -> Array:
