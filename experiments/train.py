@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               axis_name="batch" if s.n_devices > 1 else None, n_devices=s.n_devices)
     if s.n_devices > 1:
         train_step = parallel.pmap_train_step(step_fn)
-        state_dev = parallel.broadcast_to_devices(state, s.n_devices)
+        state_dev = parallel.replicate(state, s.n_devices)
         to_host = parallel.unreplicate
         batches = (parallel.shard(s.to_model_batch(b), s.n_devices) for b in it)
     else:

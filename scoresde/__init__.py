@@ -20,7 +20,16 @@ from scoresde.parameterization import (
     denoiser_from_score,
     score_fn_from_network,
 )
-from scoresde.analytic import GaussianMixture
+from scoresde.analytic import (
+    ELSMachine,
+    GaussianMixture,
+    IdealScore,
+    LSMachine,
+    PatchSchedule,
+    calibrate_patch_sizes,
+    ideal_score_fn,
+    scheduled_score_fn,
+)
 from scoresde.losses import (
     AbstractTimeSampler,
     AbstractWeighting,

@@ -40,10 +40,14 @@ def unshard(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
-def replicate(tree: Any, devices=None) -> Any:
-    """Put a copy of `tree` on every local device (leading device axis)."""
-    devices = devices or jax.local_devices()
-    return jax.device_put_replicated(tree, devices)
+def replicate(tree: Any, n_devices: int | None = None) -> Any:
+    """A copy of `tree` per local device: leaves get a leading axis of n_devices copies.
+
+    Host arrays; pmap places slice i on local device i at the first call and keeps its
+    outputs there. (`jax.device_put_replicated` is gone in jax 0.10.)
+    """
+    n = n_devices or jax.local_device_count()
+    return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)).copy(), tree)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -95,16 +99,6 @@ def to_host(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def broadcast_to_devices(tree: Any, n_devices: int | None = None) -> Any:
-    """Replicate `tree` for pmap as host arrays with a leading axis of n_devices copies.
-
-    (Added for scoresde.training: `jax.device_put_replicated`, used by `replicate`, is
-    removed in jax 0.10.) pmap places slice i on local device i at the first call.
-    """
-    n = n_devices or jax.local_device_count()
-    return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)).copy(), tree)
-
-
 def pmap_train_step(step_fn: Callable, *, axis_name: str = "batch", donate_state: bool = True) -> Callable:
     """Data-parallel `step(state, batch)` over the local devices (added for scoresde.training).
 
@@ -116,5 +110,4 @@ def pmap_train_step(step_fn: Callable, *, axis_name: str = "batch", donate_state
 
 
 __all__ = ["local_device_count", "check_divisible", "shard", "unshard", "replicate", "unreplicate",
-           "pmap_over_batch", "initialize_distributed", "process_info", "to_host", "pmap_train_step",
-           "broadcast_to_devices"]
+           "pmap_over_batch", "initialize_distributed", "process_info", "to_host", "pmap_train_step"]

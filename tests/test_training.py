@@ -60,7 +60,7 @@ def test_pmap_step_equals_single_device():
     single = jax.jit(make_train_step(MODEL, SDE, EpsPrediction(), tx, **kw))
     multi = parallel.pmap_train_step(make_train_step(MODEL, SDE, EpsPrediction(), tx, axis_name="batch",
                                                      n_devices=2, **kw), donate_state=False)
-    a, b = state, parallel.broadcast_to_devices(state, 2)
+    a, b = state, parallel.replicate(state, 2)
     it = _batches(bs=16)
     for _ in range(3):
         batch = next(it)

@@ -1,5 +1,13 @@
-"""Exact scores: Gaussian mixtures (test oracles), ideal (empirical) score, LS/ELS machines."""
+"""Exact scores: Gaussian mixtures (test oracles), the ideal (empirical) score of a
+training set, and the local (LS) and equivariant local (ELS) score machines of Kamb &
+Ganguli (ICML 2025) with their patch-size schedule."""
 
 from scoresde.analytic.gaussian import GaussianMixture
+from scoresde.analytic.ideal import IdealScore, ideal_denoiser, ideal_score_fn, subsample
+from scoresde.analytic.local import ELSMachine, LSMachine, extract_patches
+from scoresde.analytic.calibration import (PatchSchedule, calibrate_patch_sizes, cosine_similarity,
+                                           scheduled_score_fn)
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "IdealScore", "ideal_denoiser", "ideal_score_fn", "subsample", "ELSMachine",
+           "LSMachine", "extract_patches", "PatchSchedule", "calibrate_patch_sizes", "cosine_similarity",
+           "scheduled_score_fn"]
