@@ -113,24 +113,31 @@ class Setup:
             images, labels = images[:n], labels[:n]
         return np.asarray(images).reshape((len(images),) + self.input_shape), np.asarray(labels)
 
-    def make_nll_fn(self):
-        """jit(params, key, data) -> per-example bits/dim (image sets) or NLL in nats (2-D sets)."""
+    def make_nll_fn(self, tol: float | None = None):
+        """jit(params, key, data) -> (per-example bits/dim (image sets) or NLL in nats
+        (2-D sets), per-example function evaluations of the ODE solve). `tol` replaces
+        eval.rtol and eval.atol (validation may use a looser solve than the test)."""
         ec = self.config.eval
-        kw = dict(trace=ec.trace, rtol=ec.rtol, atol=ec.atol, n_probes=ec.get("n_probes", 1))
+        rtol, atol = (ec.rtol, ec.atol) if tol is None else (tol, tol)
+        kw = dict(trace=ec.trace, rtol=rtol, atol=atol, n_probes=ec.get("n_probes", 1))
         if self.info.num_levels is not None:
             def f(params, key, levels):
                 return data_bits_per_dim(self.score_fn(params), self.sde, key, levels,
-                                         num_levels=self.info.num_levels, data_range=self.data_range, **kw)[0]
+                                         num_levels=self.info.num_levels, data_range=self.data_range, **kw)
         else:
             def f(params, key, x):
-                return -log_likelihood(self.score_fn(params), self.sde, key, x, **kw)[0]
+                logp, nfe = log_likelihood(self.score_fn(params), self.sde, key, x, **kw)
+                return -logp, nfe
         return jax.jit(f)
 
-    def nll(self, fn, params, key, data, batch: int):
-        out = []
+    def nll(self, fn, params, key, data, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example (value, nfe) of `make_nll_fn` over `data`, in batches."""
+        vals, nfes = [], []
         for i in range(0, len(data), batch):
-            out.append(np.asarray(fn(params, jax.random.fold_in(key, i), jnp.asarray(data[i:i + batch]))))
-        return float(np.mean(np.concatenate(out)))
+            v, n = fn(params, jax.random.fold_in(key, i), jnp.asarray(data[i:i + batch]))
+            vals.append(np.asarray(v))
+            nfes.append(np.asarray(n))
+        return np.concatenate(vals), np.concatenate(nfes)
 
     def make_sample_fn(self):
         def f(params, key, n):
@@ -203,7 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     hooks = ()
     if tc.eval_every:
         val_data, _ = s.eval_arrays(config.data.val_split)
-        nll_fn = s.make_nll_fn()
+        nll_fn = s.make_nll_fn(config.eval.get("val_tol"))
         eval_loss = jax.jit(make_eval_loss(s.model, s.sde, s.param, weighting=s.weighting,
                                            time_sampler=s.time_sampler, conditional=False))
         val_key = jax.random.PRNGKey(config.seed + 12345)  # fixed: comparable across steps
@@ -212,7 +219,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             params = host_state.ema_params
             t0 = time.perf_counter()
             if config.eval.val_metric == "bpd":
-                val = s.nll(nll_fn, params, val_key, val_data, config.eval.batch)
+                val = float(np.mean(s.nll(nll_fn, params, val_key, val_data, config.eval.batch)[0]))
             else:
                 vb = {"image": jnp.asarray(s.to_model_batch({"image": _scaled(s, val_data)})["image"])}
                 val = float(np.mean([np.mean(eval_loss(params, jax.random.fold_in(val_key, r), vb))
@@ -312,9 +319,12 @@ def evaluate(config, workdir: str) -> dict:
                            "selection": f"{ec.val_metric} on split {config.data.val_split!r}"}
     t0 = time.perf_counter()
     test_data, _ = s.eval_arrays(config.data.test_split)
-    val = s.nll(s.make_nll_fn(), params, jax.random.PRNGKey(config.seed + 999), test_data, ec.batch)
-    out["test_bpd" if s.info.num_levels is not None else "test_nll"] = val
-    out["likelihood"] = {"trace": ec.trace, "rtol": ec.rtol, "atol": ec.atol, "n_test": int(len(test_data)),
+    vals, nfe = s.nll(s.make_nll_fn(), params, jax.random.PRNGKey(config.seed + 999), test_data, ec.batch)
+    out["test_bpd" if s.info.num_levels is not None else "test_nll"] = float(np.mean(vals))
+    out["likelihood"] = {"trace": ec.trace, "n_probes": ec.get("n_probes", 1), "rtol": ec.rtol, "atol": ec.atol,
+                         "n_test": int(len(test_data)), "standard_error": float(np.std(vals) / np.sqrt(len(vals))),
+                         "median": float(np.median(vals)), "max": float(np.max(vals)),
+                         "nfe_mean": float(np.mean(nfe)), "nfe_max": int(np.max(nfe)),
                          "seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
     x = draw_samples(config, s, params, ec.n_samples, jax.random.PRNGKey(config.seed + 777))

@@ -81,6 +81,8 @@ SAMPLERS = {
     "Euler-Maruyama": (1, lambda n: S.EulerMaruyama(n_steps=n), True),
     "ShARK (reverse SDE)": (2, lambda n: S.ReverseSRK(n_steps=n), True),
     "PC: reverse diffusion + Langevin": (2, lambda n: S.PredictorCorrector(n_steps=n), True),
+    "PC: ... + Langevin, sigma^2 step": (2, lambda n: S.PredictorCorrector(
+        n_steps=n, corrector=S.LangevinCorrector(norm_ratio=False)), True),
     "Ancestral (DDPM)": (1, lambda n: S.PredictorCorrector(n_steps=n, predictor=S.AncestralPredictor(),
                                                            corrector=S.NoneCorrector()), True),
     "ODE Euler, uniform t": (1, lambda n: S.ODEEuler(n_steps=n), False),

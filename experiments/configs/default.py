@@ -47,8 +47,9 @@ def base() -> ml_collections.ConfigDict:
     e.val_metric = "bpd"        # "bpd" (ODE likelihood) or "loss" (DSM loss)
     e.trace = "hutchinson"
     e.n_probes = 1
-    e.rtol = 1e-5
+    e.rtol = 1e-5               # test likelihood: ODE solver tolerances
     e.atol = 1e-5
+    e.val_tol = None            # validation solves: rtol = atol = val_tol (None: as the test)
     e.batch = 500
     e.max_examples = 0          # 0: the whole split
     e.use_ema = True
