@@ -91,6 +91,9 @@ SAMPLERS = {
     "DDIM": (1, lambda n: S.DDIM(n_steps=n), False),
     "DPM-Solver++ 2M": (1, lambda n: S.DPMSolverPP(n_steps=n, order=2), False),
     "DPM-Solver++ 3M": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3), False),
+    "DPM-Solver++ 3M, EDM grid": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3, grid=S.EDMGrid()), False),
+    "DPM-Solver++ 3M, uniform t": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3, grid=S.UniformTimeGrid()),
+                                   False),
 }
 ADAPTIVE_RTOLS = (1e-2, 1e-3, 1e-4)
 
