@@ -53,6 +53,11 @@ def _check_sigma_y(sigma_y, positive: bool):
         raise ValueError(f"sigma_y must be a scalar {need} (the observation noise std), got {s}.")
 
 
+def _scale_at(scale, tb, dtype):
+    """Guidance scale: a constant, or a function of t (shape (batch,)) -> scalar or (batch,)."""
+    return jnp.asarray(scale(tb) if callable(scale) else scale, dtype)
+
+
 def _likelihood_guidance(score_fn, sde, op, y, r2_fn, sigma_y, scale):
     """s(x, t) + scale * J^T A^T (r2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat), J = d x0_hat / d x_t."""
 
@@ -68,7 +73,7 @@ def _likelihood_guidance(score_fn, sde, op, y, r2_fn, sigma_y, scale):
         x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
         u = op.gram_solve(y - op.apply(x0), r2_fn(a, s), sigma_y**2)
         (g,) = vjp(op.transpose(u))
-        return sc + _bcast(jnp.asarray(scale, x.dtype), x) * g
+        return sc + _bcast(_scale_at(scale, tb, x.dtype), x) * g
 
     return score
 
@@ -82,7 +87,10 @@ def pigdm_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOperator
         r_t^2 = v sigma_t^2 / (alpha_t^2 v + sigma_t^2)       (v = data_var; v = 1 is the
                                                                paper's VP choice sigma_t^2/(alpha_t^2+sigma_t^2)),
 
-    returned as s(x_t, t) + scale * that (scale = 1: the paper's unweighted form).
+    returned as s(x_t, t) + scale * that (scale = 1: the paper's unweighted form; scale may
+    also be a function of t, shape (batch,), e.g. `lambda t: sde.alpha(t) ** 2`, which keeps
+    a trained network's guidance finite at large t, where x0_hat's Jacobian divides the
+    network's error by alpha_t).
 
     What it approximates: p(x_0 | x_t) by N(x0_hat(x_t), r_t^2 I), the exact posterior when
     the data are N(mu, v I); then p_t(y | x_t) = N(A x0_hat, r_t^2 A A^T + sigma_y^2 I)
@@ -165,7 +173,7 @@ def tweedie_cov_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOp
         r = (y - op.apply(x0)).reshape(B, M) * rows
         u = jnp.linalg.solve(cov, r[..., None])[..., 0] * rows
         (g,) = vjp(op.transpose(u.reshape(y.shape)))
-        return sc + _bcast(jnp.asarray(scale, x.dtype), x) * g
+        return sc + _bcast(_scale_at(scale, tb, x.dtype), x) * g
 
     return score
 
