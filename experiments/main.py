@@ -8,7 +8,9 @@ r"""Entry point: train, sample or evaluate a score-based model.
 the same command after a crash or kill -9) and then evaluates; --mode=sample writes a
 sample grid; --mode=eval writes workdir/metrics.json (test bits/dim with the ODE
 likelihood, samples.png, sample-quality numbers) from the checkpoint selected on
-validation data.
+validation data; --mode=guided (class-conditional models) writes classifier-free guided
+sample grids for each guidance.weights, --mode=inverse inpaints and 2x super-resolves the
+test images (experiments/guided.py).
 
 Multi-host (TPU pods, GPU clusters): every host runs this same command with
 --coordinator_address=host0:port --num_processes=N --process_id=i (on TPU pods and
@@ -30,7 +32,7 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an experiment config (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs, samples, metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "guided", "inverse"], "What to do.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
@@ -52,6 +54,10 @@ def main(argv):
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
         print(train.sample(FLAGS.config, FLAGS.workdir))
+    elif FLAGS.mode in ("guided", "inverse"):
+        from experiments import guided
+
+        getattr(guided, FLAGS.mode)(FLAGS.config, FLAGS.workdir)
     else:
         train.evaluate(FLAGS.config, FLAGS.workdir)
 

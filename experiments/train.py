@@ -209,10 +209,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     best_val = [_best_value(best)]
     hooks = ()
     if tc.eval_every:
-        val_data, _ = s.eval_arrays(config.data.val_split)
+        val_data, val_labels = s.eval_arrays(config.data.val_split)
         nll_fn = s.make_nll_fn(config.eval.get("val_tol"))
         eval_loss = jax.jit(make_eval_loss(s.model, s.sde, s.param, weighting=s.weighting,
-                                           time_sampler=s.time_sampler, conditional=False))
+                                           time_sampler=s.time_sampler, conditional=s.conditional))
         val_key = jax.random.PRNGKey(config.seed + 12345)  # fixed: comparable across steps
 
         def validate(step, host_state):
@@ -221,7 +221,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if config.eval.val_metric == "bpd":
                 val = float(np.mean(s.nll(nll_fn, params, val_key, val_data, config.eval.batch)[0]))
             else:
-                vb = {"image": jnp.asarray(s.to_model_batch({"image": _scaled(s, val_data)})["image"])}
+                vb = jax.tree_util.tree_map(jnp.asarray, s.to_model_batch(
+                    {"image": _scaled(s, val_data), "label": val_labels}))  # labels used if conditional
                 val = float(np.mean([np.mean(eval_loss(params, jax.random.fold_in(val_key, r), vb))
                                      for r in range(8)]))
             out = {f"val_{config.eval.val_metric}": val, "val_seconds": time.perf_counter() - t0}

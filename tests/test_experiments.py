@@ -106,3 +106,66 @@ def test_toy_run_resumes_bitwise(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tb")))
 
+
+
+def tiny_digits(conditional: bool):
+    c = digits_vp.get_config()
+    c.data.batch_size = 16
+    c.model.kwargs.width = 32
+    c.model.kwargs.depth = 1
+    c.training.num_steps = 2
+    c.training.save_every = 2
+    c.training.log_every = 2
+    c.training.eval_every = 0
+    c.training.eval_at_end = False
+    c.training.conditional = conditional
+    if conditional:  # and validation of the conditional DSM loss (true labels) at step 2
+        c.model.kwargs.class_dropout = 0.1
+        c.training.eval_every = 2
+        c.eval.val_metric = "loss"
+    c.sampling.n_steps = 4
+    c.sampling.batch = 32
+    c.guidance.weights = (0.0, 2.0)
+    c.guidance.per_class = 2
+    c.guidance.n_examples = 12
+    c.guidance.smc_particles = 3
+    c.guidance.smc_steps = 4
+    c.guidance.methods = ("replacement", "pigdm20", "smc")
+    return c
+
+
+def test_guided_and_inverse_modes(tmp_path):
+    """--mode=guided / --mode=inverse plumbing on a 2-step MLP (flat inputs): PNGs and JSON
+    written, rows per weight and method, observed pixels exact, A x = y for super-resolution
+    by replacement.
+    (Their numbers on trained U-Nets: experiments/benchmarks/results/guided_digits.md.)"""
+    from experiments import guided
+
+    cond = str(tmp_path / "cond")
+    train.train_and_evaluate(tiny_digits(True), cond)
+    out = guided.guided(tiny_digits(True), cond)
+    assert [r["w"] for r in out["rows"]] == [0.0, 2.0]
+    for r in out["rows"]:
+        assert os.path.exists(r["png"]) and 0.0 <= r["agreement"] <= 1.0 and np.isfinite(r["fd"])
+    assert json.load(open(os.path.join(cond, "guided.json")))["per_class"] == 2
+    assert os.listdir(os.path.join(cond, "best")) == ["2"]  # validated and selected
+
+    with pytest.raises(ValueError, match="--mode=guided needs a class-conditional model"):
+        guided.guided(tiny_digits(False), cond)
+    bad = tiny_digits(True)
+    bad.guidance.methods = ("replacement", "magic")
+    with pytest.raises(ValueError, match=r"guidance.methods has unknown entries \['magic'\]"):
+        guided.inverse(bad, cond)
+    # the prior of the inverse problems: the conditional network at the null label
+    inv = guided.inverse(tiny_digits(True), cond)
+    assert inv["n_examples"] == 12
+    for name, n_methods in (("inpaint", 3), ("sr2x", 2)):  # SMC runs on inpainting only
+        p = inv["problems"][name]
+        assert os.path.exists(p["png"]) and len(p["rows"]) == 2 + n_methods
+        truth = p["rows"][0]
+        assert truth["label_recovery"] > 0.9 and truth["max_abs_Ax_minus_y"] < 1e-6
+        for r in p["rows"][2:]:
+            if name == "inpaint":  # the final projection is exact selection, whatever the prior
+                assert r["observed_levels_equal_input"] and r["max_abs_Ax_minus_y"] == 0.0, r
+            elif r["method"].startswith("replacement"):  # (Pi-GDM with a 2-step network may blow up)
+                assert r["max_abs_Ax_minus_y"] < 1e-5, r

@@ -62,4 +62,16 @@ def base() -> ml_collections.ConfigDict:
     sm.n_steps = 500
     sm.denoise = True
     sm.batch = 1000
+
+    # --mode=guided (class-conditional models) and --mode=inverse (experiments/guided.py)
+    c.guidance = gd = ml_collections.ConfigDict()
+    gd.weights = (0.0, 1.0, 2.0, 4.0)   # classifier-free guidance weights w
+    gd.recommended_w = 1.0              # what we recommend (results/guided_digits.md)
+    gd.per_class = 100                  # guided samples per class and w
+    gd.n_examples = 0                   # inverse problems: first n test images (0: all)
+    gd.steps = 0                        # inverse problems: EM / replacement steps (0: sampling.n_steps)
+    gd.methods = ("replacement", "replacement_langevin", "pigdm20", "pigdm50", "smc")  # inverse problems
+    gd.smc_particles = 32               # inpainting by twisted SMC: particles per image (0: skip)
+    gd.smc_steps = 50                   #   its Euler-Maruyama steps
+    gd.smc_sigma_y = 0.05               #   observation noise of its twist (17-level bins: width 0.118)
     return c
