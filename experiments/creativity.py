@@ -5,7 +5,8 @@ the ELS machine (locality + equivariance, calibrated patch size P(t)) predicts, 
 by image, what a trained convolutional diffusion model generates from the same noise.
 
 Steps:
-1. train a LocalResNet (8 layers of 3x3 convolutions, no normalisation, zero padding)
+1. train a LocalResNet (--resnet_layers 3x3 convolutions, default 8; no normalisation;
+   zero padding)
    and a small UNet on the digits training split, eps-prediction, cosine VP SDE,
    plain DSM (sigma^2 weighting), a minimal optax loop (Adam + EMA);
 2. sample n_samples seeds with a deterministic 20-step DDIM (Song et al. 2021; the
@@ -36,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import flax.linen as nn
 
 from scoresde.analytic.calibration import PatchSchedule, calibrate_patch_sizes
 from scoresde.analytic.ideal import IdealScore
@@ -59,6 +59,7 @@ flags.DEFINE_float("ema", 0.999, "EMA decay of the sampled parameters.")
 flags.DEFINE_enum("boundary", "zeros", ["zeros", "circular"],
                   "Padding of the LocalResNet and boundary of the ELS machine.")
 flags.DEFINE_integer("resnet_channels", 32, "LocalResNet width.")
+flags.DEFINE_integer("resnet_layers", 8, "LocalResNet 3x3 convolutions (receptive field 2 n + 1).")
 flags.DEFINE_integer("unet_channels", 32, "UNet base width.")
 flags.DEFINE_list("patch_sizes", ["1", "3", "5", "7", "9", "11", "13", "15"],
                   "Candidate odd patch sizes for the calibration.")
@@ -78,54 +79,14 @@ def load_digits_train():
 
 
 # --- networks ------------------------------------------------------------------------
-class _SmallUNet(nn.Module):
-    """Small 2-level UNet (conv + FiLM time embedding, GroupNorm), used when
-    scoresde.models.UNet is not available. 8x8 -> 4x4 -> 2x2 and back with skips."""
-
-    channels: int = 32
-
-    @nn.compact
-    def __call__(self, x, t, y=None, train=False):
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-        half = 32
-        freqs = jnp.exp(-jnp.log(10000.0) * jnp.arange(half) / half)
-        emb = jnp.concatenate([jnp.sin(1000 * t[:, None] * freqs), jnp.cos(1000 * t[:, None] * freqs)], -1)
-        emb = nn.Dense(4 * self.channels)(nn.silu(nn.Dense(4 * self.channels)(emb)))
-
-        def block(h, ch):
-            z = nn.Conv(ch, (3, 3))(nn.silu(nn.GroupNorm(min(8, h.shape[-1]))(h)))
-            z = z + nn.Dense(ch)(nn.silu(emb))[:, None, None, :]
-            z = nn.Conv(ch, (3, 3))(nn.silu(nn.GroupNorm(8)(z)))
-            skip = h if h.shape[-1] == ch else nn.Conv(ch, (1, 1))(h)
-            return skip + z
-
-        c = self.channels
-        h0 = nn.Conv(c, (3, 3))(x)
-        h1 = block(h0, c)                                    # 8x8
-        h2 = block(nn.Conv(2 * c, (3, 3), strides=2)(h1), 2 * c)  # 4x4
-        h3 = block(nn.Conv(2 * c, (3, 3), strides=2)(h2), 2 * c)  # 2x2
-        h3 = block(h3, 2 * c)
-        u2 = jax.image.resize(h3, h2.shape[:3] + (h3.shape[-1],), "nearest")
-        u2 = block(jnp.concatenate([u2, h2], -1), 2 * c)
-        u1 = jax.image.resize(u2, h1.shape[:3] + (u2.shape[-1],), "nearest")
-        u1 = block(jnp.concatenate([u1, h1], -1), c)
-        return nn.Conv(x.shape[-1], (3, 3))(nn.silu(nn.GroupNorm(8)(u1)))
-
-
 def make_net(name: str):
     """Name -> Flax module (the explicit mapping of this experiment)."""
     import scoresde.models as models
     if name == "resnet":
-        return models.LocalResNet(channels=FLAGS.resnet_channels, n_layers=8, padding=FLAGS.boundary)
+        return models.LocalResNet(channels=FLAGS.resnet_channels, n_layers=FLAGS.resnet_layers,
+                                  padding=FLAGS.boundary)
     if name == "unet":
-        unet = getattr(models, "UNet", None)
-        if unet is not None:
-            try:
-                return unet(ch=FLAGS.unet_channels, ch_mult=(1, 2, 2), num_res_blocks=1,
-                            attn_resolutions=())
-            except TypeError:
-                pass
-        return _SmallUNet(channels=FLAGS.unet_channels)
+        return models.UNet(ch=FLAGS.unet_channels, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=())
     raise ValueError(f"unknown network {name!r}; valid: resnet, unet.")
 
 
