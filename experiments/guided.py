@@ -203,7 +203,7 @@ def _methods(steps: int, problem: str, g) -> list:
                     lambda: pigdm(DPMSolverPP(n_steps=20))),
         "pigdm50": ("Pi-GDM (alpha^2-damped) + DPM-Solver++ (50 steps)", 51,
                     lambda: pigdm(DPMSolverPP(n_steps=50))),
-        "smc": (f"twisted SMC (TDS), {K} particles, EM {n} steps, sigma_y {sy:g}", K * (n + 2),
+        "smc": (f"twisted SMC (TDS), {K} particles, EM {n} steps, sigma_y {sy:g}", K * (n + 1),
                 lambda: smc(K, n, sy)),
     }
     unknown = [m for m in g.methods if m not in table]
@@ -249,7 +249,7 @@ def inverse(config, workdir: str) -> dict:
         res = []
         baselines = [("true test images", "-", truth), ("observation alone (unknown filled as in the PNG)", "-", shown)]
         for label, nfe, x in baselines:
-            res.append(_score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, 0.0, project=False))
+            res.append(_score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, 0.0))
         for label, nfe, build in _methods(g.get("steps") or config.sampling.n_steps, name, g):
             t0 = time.perf_counter()
             f = jax.jit(build(sf, s.sde, op, y, data_var))
@@ -265,7 +265,7 @@ def inverse(config, workdir: str) -> dict:
     return out
 
 
-def _score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, seconds, project=True) -> dict:
+def _score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, seconds) -> dict:
     lv = _levels(s, x)
     row = {"method": label, "nfe": nfe, "seconds": seconds,
            "max_abs_Ax_minus_y": float(jnp.max(jnp.abs(op.apply(jnp.asarray(x, jnp.float32)) - y)))}
@@ -311,7 +311,9 @@ def _md(cond: dict | None, inv: dict | None, args) -> str:
                f"onto the observation at the end (op.replace). Pi-GDM uses data_var = {inv['data_var']:.3f} "
                "(mean pixel variance of the train digits) and a guidance scale alpha_t^2 (undamped, it diverges "
                "with the trained network: see _methods); twisted SMC is asymptotically exact in its particle "
-               "count (scoresde.guidance.smc). s = wall seconds including compilation.", ""]
+               "count (scoresde.guidance.smc). NFE = network calls per image (SMC: over all its particles; "
+               "Pi-GDM's and SMC's calls each include a vector-Jacobian product). s = wall seconds "
+               "including compilation.", ""]
         for name, title in (("inpaint", "Inpainting: top 4 rows observed"), ("sr2x", "2x super-resolution (2x2 average pooling)")):
             p = inv["problems"][name]
             md += [f"### {title}", "", "| method | NFE | classifier recovers the true label | "

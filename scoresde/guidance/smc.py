@@ -46,7 +46,8 @@ Array = jax.Array
 
 class TwistedSMC(eqx.Module):
     """Settings: n_steps EM steps, n_particles per observation, resampling when
-    ESS < ess_threshold * n_particles. NFE (per particle) = n_steps + 1 (+1 to denoise).
+    ESS < ess_threshold * n_particles. NFE per particle = n_steps + 1, each with a
+    vector-Jacobian product (the final denoising reuses the last score).
 
     proposal_scale: the proposal's guidance is proposal_scale * grad log p~_t, a constant
     or a function of t (shape (batch,)). The weights correct for any proposal, so this
