@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Bootstrap and run scoresde on a fresh machine with nothing but Python 3.11.
 
-    python3 dev.py run    # the main job on the embedded default (see README)
-    python3 dev.py test   # the test suite (what .ci/run calls)
+    python3 dev.py run         # the main job on the embedded default (see README)
+    python3 dev.py -m pytest   # the test suite (what .ci/run calls)
 
 Creates .venv/ next to this file on first use and installs the package with its test
 extra; re-installs when setup.cfg or pyproject.toml change. Standard library only.
-Extra arguments after the command are passed on (to pytest, or to the main job).
+`python3 dev.py -m MODULE ARGS...` runs `.venv/bin/python -m MODULE ARGS...` in the
+repository root (so `python3 dev.py -m pytest -k losses -x` passes pytest options);
+arguments after `run` are passed on to the main job.
 """
 
 import hashlib
@@ -49,15 +51,14 @@ def ensure_env() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test"):
+    if not argv or argv[0] not in ("run", "-m") or (argv[0] == "-m" and len(argv) < 2):
         print(__doc__)
         return 2
     ensure_env()
-    cmd, rest = argv[0], argv[1:]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if cmd == "test":
-        return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT, env=env)
-    return subprocess.call([str(PY), *MAIN_JOB, *rest], cwd=ROOT, env=env)
+    if argv[0] == "-m":
+        return subprocess.call([str(PY), *argv], cwd=ROOT, env=env)
+    return subprocess.call([str(PY), *MAIN_JOB, *argv[1:]], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":
