@@ -23,9 +23,13 @@ pixels equal the input exactly for inpainting. inpaint.png / sr2x.png (rows: tru
 observation, one row per method) and inverse.json; on the digits, how often the
 classifier recovers the true label of each completed image.
 
-Run as a script, this writes both tables to experiments/benchmarks/results/guided_digits.md:
+Run as a script, this writes both tables to experiments/benchmarks/results/guided_digits.md
+(--section guided / inverse recomputes one part and reads the other from its workdir's JSON;
+--section report only rewrites the table):
 
     python experiments/guided.py --cond_workdir=workdir/digits_cond --uncond_workdir=workdir/digits
+
+guidance.methods picks the inverse-problem methods (twisted SMC, 32 particles, is the slow one).
 """
 
 from __future__ import annotations
@@ -64,16 +68,9 @@ def _image_score(score, s: train.Setup):
     return f
 
 
-def _levels(s: train.Setup, x) -> np.ndarray:
-    x = np.asarray(x)
-    return data_lib.to_levels(x.reshape((len(x),) + s.info.shape), s.info.num_levels, scale=s.config.data.scale)
-
-
 def _centres(s: train.Setup, levels) -> jnp.ndarray:
-    """Integer levels -> the data-scale value at the centre of each level's dequantisation
-    bin, x01 = (k + 1/2) / L (the model was trained on (k + u) / L, u ~ U[0, 1))."""
-    x01 = (np.asarray(levels, np.float64) + 0.5) / s.info.num_levels
-    return jnp.asarray(2.0 * x01 - 1.0 if s.config.data.scale == "[-1,1]" else x01, jnp.float32)
+    """Integer levels -> the data-scale centres of their dequantisation bins."""
+    return jnp.asarray(data_lib.bin_centres(levels, s.info.num_levels, scale=s.config.data.scale))
 
 
 def _judge(s: train.Setup):
@@ -121,18 +118,15 @@ def guided(config, workdir: str) -> dict:
                                   s.sde, key, x, lab, denoise=config.sampling.denoise).samples
 
     clf = _judge(s)
-    ref = _digit_reference(clf, config) if clf is not None else None
     out = {"checkpoint": which, "checkpoint_step": step, "sampler": config.sampling.method,
            "n_steps": config.sampling.n_steps, "per_class": g.per_class, "recommended_w": g.recommended_w,
            "rows": []}
-    if ref is not None:
-        out["reference"] = {"fd_test_vs_train": ref["fd"], "classifier_test_accuracy": ref["accuracy"]}
     for w in g.weights:
         t0 = time.perf_counter()
         keys = jax.random.split(jax.random.fold_in(key, 1), len(labels))  # same noise for every w
         x = np.concatenate([np.asarray(run(keys[sl], x_T[sl], jnp.asarray(labels[sl]), jnp.float32(w)))
                             for sl in _chunks(len(labels), config.sampling.batch)])  # np.asarray blocks
-        lv = _levels(s, x)
+        lv = s.levels(x)
         show = np.concatenate([lv[c * g.per_class:c * g.per_class + min(10, g.per_class)] for c in range(k)])
         png = plots.grid_png(show, s.info.num_levels, os.path.join(workdir, f"guided_w{w:g}.png"),
                              ncol=min(10, g.per_class))
@@ -141,27 +135,16 @@ def guided(config, workdir: str) -> dict:
             from scoresde import metrics
 
             xin = metrics.levels_to_input(lv)
-            proba = clf.predict_proba(xin)
-            row.update(agreement=float(np.mean(proba.argmax(-1) == labels)),
-                       confident=metrics.confident_fraction(proba),
-                       fd=metrics.frechet_distance_from_features(clf.features(xin), ref["test_features"]))
+            q = metrics.digits_sample_quality(xin, clf=clf, data_dir=config.data.get("data_dir"))
+            out["reference"] = {"fd_test_vs_train": q["reference"]["fd"],
+                                "classifier_test_accuracy": q["classifier_test_accuracy"]}
+            row.update(agreement=float(np.mean(clf.predict_proba(xin).argmax(-1) == labels)),
+                       confident=q["samples"]["confident"], fd=q["samples"]["fd"])
         out["rows"].append(row)
         print(json.dumps(row, default=float), flush=True)
     with open(os.path.join(workdir, "guided.json"), "w") as f:
         json.dump(out, f, indent=2, default=float)
     return out
-
-
-def _digit_reference(clf, config) -> dict:
-    from scoresde import metrics
-
-    dd = config.data.get("data_dir")
-    te, te_y = data_lib.load_arrays("digits", "test", data_dir=dd)
-    tr, _ = data_lib.load_arrays("digits", "train+validation", data_dir=dd)
-    test_x = metrics.levels_to_input(np.asarray(te))
-    f_te = clf.features(test_x)
-    return {"test_features": f_te, "accuracy": clf.accuracy(test_x, np.asarray(te_y)),
-            "fd": metrics.frechet_distance_from_features(f_te, clf.features(metrics.levels_to_input(np.asarray(tr))))}
 
 
 # ---------------------------------------------------------------------------- inverse problems
@@ -245,7 +228,7 @@ def inverse(config, workdir: str) -> dict:
             shown = jnp.where(op.mask > 0, truth, lo)
         else:
             shown = jnp.repeat(jnp.repeat(y, 2, axis=1), 2, axis=2)
-        rows_png = [test_lv[:10], _levels(s, shown)[:10]]
+        rows_png = [test_lv[:10], s.levels(shown)[:10]]
         res = []
         baselines = [("true test images", "-", truth), ("observation alone (unknown filled as in the PNG)", "-", shown)]
         for label, nfe, x in baselines:
@@ -255,7 +238,7 @@ def inverse(config, workdir: str) -> dict:
             f = jax.jit(build(sf, s.sde, op, y, data_var))
             x = jax.block_until_ready(op.replace(f(jax.random.fold_in(key, 1), x_T), y))  # final projection
             res.append(_score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, time.perf_counter() - t0))
-            rows_png.append(_levels(s, x)[:10])
+            rows_png.append(s.levels(x)[:10])
             print(json.dumps(res[-1], default=float), flush=True)
         png = plots.grid_png(np.concatenate(rows_png), s.info.num_levels, os.path.join(workdir, f"{name}.png"),
                              ncol=10)
@@ -266,7 +249,7 @@ def inverse(config, workdir: str) -> dict:
 
 
 def _score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, seconds) -> dict:
-    lv = _levels(s, x)
+    lv = s.levels(x)
     row = {"method": label, "nfe": nfe, "seconds": seconds,
            "max_abs_Ax_minus_y": float(jnp.max(jnp.abs(op.apply(jnp.asarray(x, jnp.float32)) - y)))}
     if isinstance(op, Inpainting):

@@ -95,6 +95,12 @@ class Setup:
             out["label"] = batch["label"]
         return out
 
+    def levels(self, x) -> np.ndarray:
+        """Model-scale images (N, ...) -> integer levels (N, *info.shape) of the dataset."""
+        x = np.asarray(x)
+        return data_lib.to_levels(x.reshape((len(x),) + tuple(self.info.shape)), self.info.num_levels,
+                                  scale=self.config.data.scale)
+
     def init_state(self):
         x = jnp.zeros((self.n_devices,) + self.input_shape, jnp.float32)
         y = jnp.zeros((self.n_devices,), jnp.int32) if self.conditional else None
@@ -304,8 +310,7 @@ def _write_samples(s: Setup, workdir: str, x: np.ndarray):
         plots.scatter_png(x.reshape(len(x), -1)[:, :2], path)
         np.savez(os.path.join(workdir, "samples.npz"), samples=x)
     else:
-        levels = data_lib.to_levels(x.reshape((len(x),) + s.info.shape), s.info.num_levels,
-                                    scale=s.config.data.scale)
+        levels = s.levels(x)
         plots.grid_png(levels[:min(len(levels), 100)], s.info.num_levels, path)
         np.savez(os.path.join(workdir, "samples.npz"), samples=x, levels=levels)
     return path
@@ -348,7 +353,7 @@ def sample_quality(config, s: Setup, x: np.ndarray) -> dict:
 
     if config.data.dataset != "digits":
         return {"unavailable": "the toolkit's classifier covers the digits only"}
-    levels = data_lib.to_levels(x.reshape((len(x),) + s.info.shape), s.info.num_levels, scale=config.data.scale)
+    levels = s.levels(x)
     q = metrics.digits_sample_quality(metrics.levels_to_input(levels), data_dir=config.data.get("data_dir"))
     q["confident_ratio_vs_real"] = q["samples"]["confident"] / max(q["reference"]["confident"], 1e-12)
     q["entropy_over_log10"] = q["samples"]["class_entropy"] / q["max_entropy"]

@@ -14,16 +14,21 @@ from experiments.configs import cifar10_ddpmpp, digits_subvp, digits_ve, digits_
 from scoresde.training import Checkpointer
 
 
-def tiny_toy():
-    c = toy2d.get_config("ring")
+def _tiny(c, width, steps, save_every):
+    """A tiny MLP run of `steps` steps, batch 16, no validation or end-of-run evaluation."""
     c.data.batch_size = 16
-    c.model.kwargs.width = 16
+    c.model.kwargs.width = width
     c.model.kwargs.depth = 1
-    c.training.num_steps = 6
-    c.training.save_every = 3
-    c.training.log_every = 3
+    c.training.num_steps = steps
+    c.training.save_every = save_every
+    c.training.log_every = save_every
     c.training.eval_every = 0
     c.training.eval_at_end = False
+    return c
+
+
+def tiny_toy():
+    c = _tiny(toy2d.get_config("ring"), width=16, steps=6, save_every=3)
     c.eval.max_examples = 16
     c.eval.batch = 16
     c.eval.trace = "hutchinson"
@@ -109,15 +114,7 @@ def test_toy_run_resumes_bitwise(tmp_path):
 
 
 def tiny_digits(conditional: bool):
-    c = digits_vp.get_config()
-    c.data.batch_size = 16
-    c.model.kwargs.width = 32
-    c.model.kwargs.depth = 1
-    c.training.num_steps = 2
-    c.training.save_every = 2
-    c.training.log_every = 2
-    c.training.eval_every = 0
-    c.training.eval_at_end = False
+    c = _tiny(digits_vp.get_config(), width=32, steps=2, save_every=2)
     c.training.conditional = conditional
     if conditional:  # and validation of the conditional DSM loss (true labels) at step 2
         c.model.kwargs.class_dropout = 0.1

@@ -10,6 +10,7 @@ sets mnist, fashion_mnist, cifar10, celeb_a (prepared by the user as array_recor
 
 from scoresde.data.digits import Digits, default_data_dir, prepare_digits, split_indices
 from scoresde.data.pipeline import (
+    bin_centres,
     DATASETS,
     DatasetInfo,
     dataset_info,
@@ -25,5 +26,5 @@ from scoresde.data.synthetic import ring_mixture
 __all__ = [
     "DATASETS", "DatasetInfo", "Digits", "dataset_info", "dataset_names", "default_data_dir",
     "load_arrays", "log_scale_per_dim", "make_iterator", "prepare_digits", "ring_mixture",
-    "scale_images", "split_indices", "to_levels",
+    "scale_images", "split_indices", "to_levels", "bin_centres",
 ]

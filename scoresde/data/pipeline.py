@@ -119,6 +119,15 @@ def scale_images(k, num_levels: int, *, scale: str = "[-1,1]", dequantize: bool 
     return x.astype(np.float32)
 
 
+def bin_centres(k, num_levels: int, *, scale: str = "[-1,1]") -> np.ndarray:
+    """Integer images k -> the centre of each level's dequantisation bin, x01 = (k + 1/2) / L
+    (the middle of the (k + u) / L the models are trained on), in the given scale."""
+    _check_scale(scale)
+    k = np.asarray(k, np.float32)
+    x = 2.0 * (k + 0.5) / num_levels - 1.0 if scale == "[-1,1]" else (k + 0.5) / num_levels
+    return x.astype(np.float32)
+
+
 def to_levels(x, num_levels: int, *, scale: str = "[-1,1]", dequantized: bool = True) -> np.ndarray:
     """Inverse of `scale_images`: float x -> integer levels in {0..L-1} (clipped).
 

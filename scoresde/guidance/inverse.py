@@ -58,22 +58,35 @@ def _scale_at(scale, tb, dtype):
     return jnp.asarray(scale(tb) if callable(scale) else scale, dtype)
 
 
+def _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, s2):
+    """At (x, t): the score s, the residual res = y - A x0_hat, u = (r2 A A^T + s2 I)^{-1} res
+    and g = J^T A^T u with J = d x0_hat / d x_t (one score call and one VJP)."""
+    tb = _tb(t, x)
+    a, s = sde.alpha(tb), sde.sigma(tb)
+
+    def denoise(v):
+        sc = score_fn(v, t)
+        return (v + _bcast(s**2, v) * sc) / _bcast(a, v), sc
+
+    x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
+    res = y - op.apply(x0)
+    u = op.gram_solve(res, r2_fn(a, s), s2)
+    (g,) = vjp(op.transpose(u))
+    return sc, res, u, g
+
+
+def _pigdm_r2(v):
+    """Pi-GDM's variance of p(x_0 | x_t): r_t^2 = v sigma_t^2 / (alpha_t^2 v + sigma_t^2)."""
+    return lambda a, s: v * s**2 / (a**2 * v + s**2)
+
+
 def _likelihood_guidance(score_fn, sde, op, y, r2_fn, sigma_y, scale):
     """s(x, t) + scale * J^T A^T (r2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat), J = d x0_hat / d x_t."""
 
     def score(x, t):
         op.check_observation(y, x.shape)
-        tb = _tb(t, x)
-        a, s = sde.alpha(tb), sde.sigma(tb)
-
-        def denoise(v):
-            sc = score_fn(v, t)
-            return (v + _bcast(s**2, v) * sc) / _bcast(a, v), sc
-
-        x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
-        u = op.gram_solve(y - op.apply(x0), r2_fn(a, s), sigma_y**2)
-        (g,) = vjp(op.transpose(u))
-        return sc + _bcast(_scale_at(scale, tb, x.dtype), x) * g
+        sc, _, _, g = _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, sigma_y**2)
+        return sc + _bcast(_scale_at(scale, _tb(t, x), x.dtype), x) * g
 
     return score
 
@@ -103,12 +116,7 @@ def pigdm_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOperator
     one vector-Jacobian product through it per call.
     """
     _check_sigma_y(sigma_y, positive=False)
-    v = data_var
-
-    def r2(a, s):
-        return v * s**2 / (a**2 * v + s**2)
-
-    return _likelihood_guidance(score_fn, sde, op, jnp.asarray(y), r2, sigma_y, scale)
+    return _likelihood_guidance(score_fn, sde, op, jnp.asarray(y), _pigdm_r2(data_var), sigma_y, scale)
 
 
 def dps_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOperator, y: Array, *,

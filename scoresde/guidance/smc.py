@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data
 from scoresde._keys import per_example_keys
-from scoresde.guidance.inverse import _check_sigma_y
+from scoresde.guidance.inverse import _check_sigma_y, _guidance_terms, _pigdm_r2
 from scoresde.guidance.operators import AbstractLinearOperator
 from scoresde.sampling.base import SampleResult
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
@@ -99,7 +99,7 @@ def sample_twisted_smc(sampler: TwistedSMC, score_fn: Callable, sde: AbstractSDE
     yK = jnp.repeat(y, K, axis=0)  # (B K, *obs)
     keys = per_example_keys(key, B)
     ts = sampler.grid(sde, sampler.n_steps, x_T.dtype)
-    v, s2y = data_var, jnp.asarray(sigma_y, x_T.dtype) ** 2
+    r2, s2y = _pigdm_r2(data_var), jnp.asarray(sigma_y, x_T.dtype) ** 2
 
     def flat(a):
         return a.reshape((B * K,) + a.shape[2:])
@@ -109,21 +109,10 @@ def sample_twisted_smc(sampler: TwistedSMC, score_fn: Callable, sde: AbstractSDE
 
     def evaluate(x, t):
         """score, log twist (B K,), grad log twist at flat particles x and scalar time t."""
-        tb = jnp.full(x.shape[:1], t, x.dtype)
-        a, s = sde.alpha(tb), sde.sigma(tb)
-        r2 = v * s**2 / (a**2 * v + s**2)
-
-        def denoise_fn(z):
-            sc = score_fn(z, tb)
-            return (z + _bcast(s**2, z) * sc) / _bcast(a, z), sc
-
-        x0, vjp, sc = jax.vjp(denoise_fn, x, has_aux=True)
-        res = yK - op.apply(x0)
-        u = op.gram_solve(res, r2, s2y)
-        # (its normalising constant depends on t only: the same for all particles of an
-        # observation, so it cancels in the normalised weights)
+        sc, res, u, g = _guidance_terms(score_fn, sde, op, yK, x, jnp.full(x.shape[:1], t, x.dtype), r2, s2y)
+        # (the twist's normalising constant depends on t only: the same for all particles
+        # of an observation, so it cancels in the normalised weights)
         logt = -0.5 * jnp.sum((res * u).reshape(res.shape[0], -1), axis=1)
-        (g,) = vjp(op.transpose(u))
         return sc, logt, g
 
     def normal(i):

@@ -53,7 +53,9 @@ class _MLPClassifier(nn.Module):
 
 def levels_to_input(k, num_levels: int = NUM_LEVELS) -> np.ndarray:
     """Integer digits k in 0..16 -> bin centres 2 (k + 1/2) / 17 - 1 in the "[-1,1]" scale."""
-    return (2.0 * (np.asarray(k, np.float32) + 0.5) / num_levels - 1.0).astype(np.float32)
+    from scoresde.data import bin_centres
+
+    return bin_centres(k, num_levels, scale="[-1,1]")
 
 
 @dataclasses.dataclass
