@@ -6,9 +6,10 @@ by image, what a trained convolutional diffusion model generates from the same n
 
 Steps:
 1. train a LocalResNet (--resnet_layers 3x3 convolutions, default 8; no normalisation;
-   zero padding)
-   and a small UNet on the digits training split, eps-prediction, cosine VP SDE,
-   plain DSM (sigma^2 weighting), a minimal optax loop (Adam + EMA);
+   circular padding by default, --boundary=zeros for the paper's boundary-broken
+   setting) and a small UNet (zero padding) on the digits training split,
+   eps-prediction, cosine VP SDE ending where the authors' schedule ends
+   (alpha(T) = 0.0125), plain DSM (sigma^2 weighting), a minimal optax loop (Adam + EMA);
 2. sample n_samples seeds with a deterministic 20-step DDIM (Song et al. 2021; the
    last step returns the denoised x_0), the same sampler for every score function;
 3. calibrate P(t) for the LS and ELS machines against each network along the
@@ -19,7 +20,13 @@ Steps:
    network output, per machine the median, the fraction of images where it beats
    the ideal score, and the nearest-training-image distance of every output.
 
-Run (about 15-25 minutes on 2 CPU cores):
+Why circular by default: the digits are 8x8 and the ResNet's receptive field is 17x17,
+so with zero padding every output pixel sees the border, i.e. its absolute position,
+and the network is not translation equivariant anywhere (on 28x28 MNIST, the paper's
+setting, the border is far from most pixels). Circular padding keeps the network
+exactly equivariant, which is the assumption the ELS machine is built on.
+
+Run (under 30 minutes on 2 CPU cores):
   python -m experiments.creativity --workdir=/tmp/creativity \
       --results_md=experiments/benchmarks/results/creativity.md
 """
@@ -27,6 +34,7 @@ Run (about 15-25 minutes on 2 CPU cores):
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -46,6 +54,9 @@ from scoresde.parameterization import EpsPrediction, score_fn_from_network
 from scoresde.sde import CosineVPSDE
 
 FLAGS = flags.FLAGS
+# log-SNR at t = 1 of the cosine schedule in Kamb & Ganguli's released code,
+# alpha(t) = cos(t / 1.008 * pi / 2): alpha(1) = 0.012466, log(alpha^2 / (1 - alpha^2)).
+AUTHORS_LOG_SNR_T = math.log(math.cos(math.pi / 2 / 1.008) ** 2 / (1 - math.cos(math.pi / 2 / 1.008) ** 2))
 flags.DEFINE_string("workdir", "/tmp/creativity", "Where PNG panels and per-image arrays go.")
 flags.DEFINE_string("results_md", "", "If set, write the markdown table here.")
 flags.DEFINE_list("nets", ["resnet", "unet"], "Networks to train: resnet, unet.")
@@ -56,16 +67,26 @@ flags.DEFINE_integer("unet_train_steps", 1000, "Training steps of the UNet.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_float("lr", 2e-3, "Adam learning rate (after warm-up).")
 flags.DEFINE_float("ema", 0.999, "EMA decay of the sampled parameters.")
-flags.DEFINE_enum("boundary", "zeros", ["zeros", "circular"],
-                  "Padding of the LocalResNet and boundary of the ELS machine.")
+flags.DEFINE_enum("boundary", "circular", ["zeros", "circular"],
+                  "Padding of the LocalResNet and boundary of its ELS machine (the UNet always "
+                  "pads with zeros and is compared with the zero-padding ELS machine).")
 flags.DEFINE_integer("resnet_channels", 32, "LocalResNet width.")
 flags.DEFINE_integer("resnet_layers", 8, "LocalResNet 3x3 convolutions (receptive field 2 n + 1).")
 flags.DEFINE_integer("unet_channels", 32, "UNet base width.")
 flags.DEFINE_list("patch_sizes", ["1", "3", "5", "7", "9", "11", "13", "15"],
                   "Candidate odd patch sizes for the calibration.")
 flags.DEFINE_integer("calib_samples", 10, "Samples (of the n_samples) used for calibration.")
+flags.DEFINE_float("log_snr_min", AUTHORS_LOG_SNR_T,
+                   "log-SNR at T of the cosine VP SDE (CosineVPSDE.log_snr_min). The default is "
+                   "the authors' schedule, alpha(T) = cos(pi / (2 * 1.008)) = 0.0125; the "
+                   "library default -12 (alpha(T) = 0.0025) makes the first DDIM step from T "
+                   "amplify the network's eps error by sigma/alpha ~ 400 (see the results notes).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("panel_images", 16, "Images shown in each PNG panel.")
+flags.DEFINE_list("handover_steps", [],
+                  "Diagnostic: for each k, sample with the network for the first k steps and the "
+                  "calibrated ELS machine for the rest, and report the median correlation with the "
+                  "network's output (where along the trajectory network and machine part ways).")
 
 
 # --- data ----------------------------------------------------------------------------
@@ -78,7 +99,17 @@ def load_digits_train():
     return scale_images(k, info.num_levels, dequantize=False).reshape((-1,) + tuple(info.shape)), y
 
 
+def make_sde():
+    """The cosine VP SDE of the experiment, ending at log-SNR --log_snr_min."""
+    return CosineVPSDE(log_snr_min=FLAGS.log_snr_min)
+
+
 # --- networks ------------------------------------------------------------------------
+def net_boundary(name: str) -> str:
+    """Padding of the network `name`, hence the boundary of the ELS machine it is compared with."""
+    return FLAGS.boundary if name == "resnet" else "zeros"
+
+
 def make_net(name: str):
     """Name -> Flax module (the explicit mapping of this experiment)."""
     import scoresde.models as models
@@ -198,7 +229,7 @@ def main(argv):
     del argv
     t_start = time.time()
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    sde = CosineVPSDE()
+    sde = make_sde()
     x_np, _ = load_digits_train()
     x_train = jnp.asarray(x_np)
     sizes = sorted(int(p) for p in FLAGS.patch_sizes)
@@ -212,10 +243,12 @@ def main(argv):
     machine_score = jax.jit(lambda m, x, t: m.score(x, t, sde))
     ideal = IdealScore(x_train, chunk_size=512)
     t0 = time.time()
-    els = {p: ELSMachine(x_np, p, boundary=FLAGS.boundary, chunk_size=4096) for p in sizes}
+    els_by_boundary = {b: {p: ELSMachine(x_np, p, boundary=b, chunk_size=4096) for p in sizes}
+                       for b in sorted({net_boundary(n) for n in FLAGS.nets})}
     ls = {p: LSMachine(x_train, p, chunk_size=512) for p in sizes}
-    print(f"machines built in {time.time() - t0:.1f}s; distinct ELS patches: "
-          + ", ".join(f"P={p}: {m.n_patches}" for p, m in els.items()), flush=True)
+    print(f"machines built in {time.time() - t0:.1f}s; distinct ELS patches: " + "; ".join(
+        f"{b}: " + ", ".join(f"P={p}: {m.n_patches}" for p, m in e.items())
+        for b, e in els_by_boundary.items()), flush=True)
 
     t0 = time.time()
     ideal_out, _ = ddim(lambda i, x, t: machine_score(ideal, x, t), sde, x_T, times)
@@ -228,6 +261,7 @@ def main(argv):
     for name in FLAGS.nets:
         key, kinit = jax.random.split(key)
         net = make_net(name)
+        els = els_by_boundary[net_boundary(name)]
         t0 = time.time()
         steps = FLAGS.unet_train_steps if name == "unet" else FLAGS.train_steps
         params, losses = train(net, sde, x_train, kinit, steps)
@@ -260,14 +294,21 @@ def main(argv):
             sz = sched[mname].sizes
             outs[mname], _ = ddim(lambda i, x, t: machine_score(machines[sz[i]], x, t), sde, x_T, times)
             outs[mname] = np.asarray(outs[mname])
+        handover = {}
+        for k in (int(v) for v in FLAGS.handover_steps):
+            sz = sched["ELS"].sizes
+            out_k, _ = ddim(lambda i, x, t: net_score(x, t) if i < k else machine_score(els[sz[i]], x, t),
+                            sde, x_T, times)
+            handover[k] = float(np.median(pearson(np.asarray(out_k), net_out)))
+            print(f"[{name}] network for {k} steps, then ELS: corr median {handover[k]:.3f}", flush=True)
         t_mach = time.time() - t0
 
         nn_net, nn_idx = nearest_train(net_out, x_np)
         corr = {m: pearson(o, net_out) for m, o in outs.items()}
         r2 = {m: r_squared(o, net_out) for m, o in outs.items()}
         nn_d = {m: nearest_train(o, x_np)[0] for m, o in outs.items()}
-        entry = {"params": n_params, "train_s": t_train, "net_sample_s": t_net, "calib_s": t_cal,
-                 "machines_s": t_mach, "losses": losses, "train_steps": steps,
+        entry = {"params": n_params, "boundary": net_boundary(name), "train_s": t_train,
+                 "net_sample_s": t_net, "calib_s": t_cal, "machines_s": t_mach, "handover": handover, "losses": losses, "train_steps": steps,
                  "schedules": {m: list(s.sizes) for m, s in sched.items()},
                  "cos_median": {m: c.tolist() for m, c in cos_tab.items()},
                  "nn_net_median": float(np.median(nn_net))}
@@ -314,23 +355,31 @@ def write_markdown(path, log, rows, t_ideal, nn_ideal):
         "Correlation = Pearson per image (authors' script); R^2 = 1 - SS_res/SS_tot with the "
         "network output as target; 'beats ideal' = fraction of images whose correlation (R^2) "
         "exceeds the ideal score's; NN = RMS per-pixel distance to the nearest training image "
-        f"(0 = memorised). ELS boundary / ResNet padding: {FLAGS.boundary}. P(t) calibrated per "
+        f"(0 = memorised). ResNet padding and its ELS boundary: {FLAGS.boundary}; the UNet pads "
+        f"with zeros and is compared with the zero-padding ELS machine. Cosine VP SDE with "
+        f"log-SNR(T) = {FLAGS.log_snr_min:.3f} (alpha(T) = {float(make_sde().alpha(1.0)):.4f}). "
+        f"P(t) calibrated per "
         f"network on {FLAGS.calib_samples} of the seeds, candidates {FLAGS.patch_sizes}.",
         "",
         "| network | machine | median corr | median R^2 | beats ideal (corr) | beats ideal (R^2) | median NN dist |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, m, e in rows:
-        lines.append(f"| {name} | {m} | {e['corr_median']:.3f} | {e['r2_median']:.3f} | "
+        lines.append(f"| {name} ({log['nets'][name]['boundary']}) | {m} | {e['corr_median']:.3f} | {e['r2_median']:.3f} | "
                      f"{e['beats_ideal_corr']:.2f} | {e['beats_ideal_r2']:.2f} | {e['nn_median']:.3f} |")
     lines += ["", "| network | params | train steps | train time (s) | median NN dist of network samples | ELS P(t) (t = T ... eps) | LS P(t) |",
               "|---|---|---|---|---|---|---|"]
     for name, e in log["nets"].items():
         lines.append(f"| {name} | {e['params']} | {e['train_steps']} | {e['train_s']:.0f} | "
                      f"{e['nn_net_median']:.3f} | {e['schedules']['ELS']} | {e['schedules']['LS']} |")
+    for name, e in log["nets"].items():
+        if e["handover"]:
+            lines += ["", f"Hand-over diagnostic ({name}): network for the first k steps, then the "
+                      "calibrated ELS machine; median correlation with the network's output: "
+                      + ", ".join(f"k = {k}: {c:.3f}" for k, c in e["handover"].items()) + "."]
     lines += ["", f"Ideal-score samples: median NN distance {np.median(nn_ideal):.2e} "
               f"(max {np.max(nn_ideal):.2e}): the ideal score only reproduces training images.",
-              f"Total wall time (2 shared CPU cores, incl. training): {log['total_s'] / 60:.1f} min.",
+              f"Total wall time (2 CPU cores, incl. training): {log['total_s'] / 60:.1f} min.",
               ""]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
