@@ -1,4 +1,4 @@
-r"""The creativity experiment of Kamb & Ganguli 2025 on digits.
+r"""The creativity experiment of Kamb & Ganguli 2025 on digits (or mnist, fashion_mnist, cifar10).
 
 "An analytic theory of creativity in convolutional diffusion models" (ICML 2025):
 the ELS machine (locality + equivariance, calibrated patch size P(t)) predicts, image
@@ -29,6 +29,9 @@ exactly equivariant, which is the assumption the ELS machine is built on.
 Run (under 30 minutes on 2 CPU cores):
   python -m experiments.creativity --workdir=/tmp/creativity \
       --results_md=experiments/benchmarks/results/creativity.md
+Other image sets, when prepared locally with `tfds build NAME --file_format=array_record`
+(the machines' cost grows with N H W, so subsample on a CPU):
+  python -m experiments.creativity --dataset=mnist --max_train=2000 --workdir=/tmp/cre_mnist
 """
 
 from __future__ import annotations
@@ -54,11 +57,17 @@ from scoresde.parameterization import EpsPrediction, score_fn_from_network
 from scoresde.sde import CosineVPSDE
 
 FLAGS = flags.FLAGS
+IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # log-SNR at t = 1 of the cosine schedule in Kamb & Ganguli's released code,
 # alpha(t) = cos(t / 1.008 * pi / 2): alpha(1) = 0.012466, log(alpha^2 / (1 - alpha^2)).
 AUTHORS_LOG_SNR_T = math.log(math.cos(math.pi / 2 / 1.008) ** 2 / (1 - math.cos(math.pi / 2 / 1.008) ** 2))
 flags.DEFINE_string("workdir", "/tmp/creativity", "Where PNG panels and per-image arrays go.")
 flags.DEFINE_string("results_md", "", "If set, write the markdown table here.")
+flags.DEFINE_enum("dataset", "digits", list(IMAGE_SETS),
+                  "Training set (the TFDS sets must have been prepared by the user).")
+flags.DEFINE_integer("max_train", 0, "If > 0, train networks and machines on a seeded random "
+                     "subset of this many images (the ELS machine's cost grows with N H W).")
+flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_list("nets", ["resnet", "unet"], "Networks to train: resnet, unet.")
 flags.DEFINE_integer("n_samples", 100, "Seeds sampled per network.")
 flags.DEFINE_integer("n_steps", 20, "Score evaluations of the deterministic sampler.")
@@ -90,13 +99,23 @@ flags.DEFINE_list("handover_steps", [],
 
 
 # --- data ----------------------------------------------------------------------------
-def load_digits_train():
-    """Digits training split scaled to [-1, 1] without dequantisation (the machines'
-    training set phi_n must be the exact set the networks saw)."""
+def load_train(name: str = "digits", max_train: int = 0, seed: int = 0, data_dir: str | None = None):
+    """The training split of an image set, scaled to [-1, 1] without dequantisation (the
+    machines' training set phi_n must be the exact set the networks saw), as float32
+    NumPy (N, H, W, C) and int labels. max_train > 0 keeps a seeded uniform subset of
+    that many images (networks and machines both use the subset)."""
     from scoresde.data import dataset_info, load_arrays, scale_images
-    info = dataset_info("digits")
-    k, y = load_arrays("digits", "train")
-    return scale_images(k, info.num_levels, dequantize=False).reshape((-1,) + tuple(info.shape)), y
+    if name not in IMAGE_SETS:
+        raise ValueError(f"dataset must be one of {', '.join(IMAGE_SETS)}, got {name!r}.")
+    if max_train < 0:
+        raise ValueError(f"max_train must be >= 0 (0 keeps every image), got {max_train}.")
+    info = dataset_info(name)
+    k, y = load_arrays(name, "train", data_dir=data_dir)
+    if 0 < max_train < k.shape[0]:
+        idx = np.sort(np.random.default_rng(seed).choice(k.shape[0], max_train, replace=False))
+        k, y = k[idx], y[idx]
+    x = np.asarray(scale_images(k, info.num_levels, dequantize=False), np.float32)
+    return x.reshape((-1,) + tuple(info.shape)), np.asarray(y)
 
 
 def make_sde():
@@ -208,17 +227,19 @@ def nearest_train(out, train):
 
 
 def save_panel(path, rows, labels, n):
-    """Rows of images (each (B, H, W, 1) in [-1, 1]) -> one PNG, upscaled x4."""
+    """Rows of images (each (B, H, W, 1 or 3) in [-1, 1]) -> one PNG, upscaled x4."""
     from PIL import Image, ImageDraw
-    h, w = rows[0].shape[1:3]
+    h, w, c = rows[0].shape[1:4]
     sc, pad, left = 4, 2, 60
-    img = Image.new("L", (left + n * (w * sc + pad), len(rows) * (h * sc + pad)), 255)
+    mode = "RGB" if c == 3 else "L"
+    img = Image.new(mode, (left + n * (w * sc + pad), len(rows) * (h * sc + pad)),
+                    (255,) * 3 if c == 3 else 255)
     draw = ImageDraw.Draw(img)
     for r, (row, lab) in enumerate(zip(rows, labels)):
         y0 = r * (h * sc + pad)
-        draw.text((2, y0 + h * sc // 2 - 5), lab, fill=0)
-        for j in range(n):
-            a = np.clip((np.asarray(row[j, :, :, 0]) + 1) / 2, 0, 1)
+        draw.text((2, y0 + h * sc // 2 - 5), lab, fill=(0,) * 3 if c == 3 else 0)
+        for j in range(min(n, row.shape[0])):
+            a = np.clip((np.asarray(row[j] if c == 3 else row[j, :, :, 0]) + 1) / 2, 0, 1)
             tile = Image.fromarray((a * 255).astype(np.uint8)).resize((w * sc, h * sc), Image.NEAREST)
             img.paste(tile, (left + j * (w * sc + pad), y0))
     img.save(path)
@@ -230,14 +251,15 @@ def main(argv):
     t_start = time.time()
     os.makedirs(FLAGS.workdir, exist_ok=True)
     sde = make_sde()
-    x_np, _ = load_digits_train()
+    x_np, _ = load_train(FLAGS.dataset, FLAGS.max_train, FLAGS.seed, FLAGS.data_dir or None)
     x_train = jnp.asarray(x_np)
     sizes = sorted(int(p) for p in FLAGS.patch_sizes)
     key = jax.random.PRNGKey(FLAGS.seed)
     key, kx = jax.random.split(key)
     x_T = sde.prior_sample(kx, (FLAGS.n_samples,) + x_np.shape[1:])
     times = ddim_times(sde, FLAGS.n_steps)
-    log = {"n_train": int(x_np.shape[0]), "nets": {}}
+    log = {"dataset": FLAGS.dataset, "n_train": int(x_np.shape[0]), "shape": list(x_np.shape[1:]),
+           "nets": {}}
 
     # Machines, with their arrays as jit arguments (not closed-over constants).
     machine_score = jax.jit(lambda m, x, t: m.score(x, t, sde))
@@ -345,11 +367,13 @@ def main(argv):
 def write_markdown(path, log, rows, t_ideal, nn_ideal):
     cmd = "python -m experiments.creativity " + " ".join(a for a in sys.argv[1:])
     lines = [
-        "# Creativity experiment (Kamb & Ganguli 2025) on digits",
+        f"# Creativity experiment (Kamb & Ganguli 2025) on {FLAGS.dataset}",
         "",
         f"Command: `{cmd}`",
         "",
-        f"Digits training split ({log['n_train']} images, 8x8x1, [-1, 1], no dequantisation), "
+        f"{FLAGS.dataset} training split ({log['n_train']} images"
+        + (f", a seeded subset, --max_train={FLAGS.max_train}" if FLAGS.max_train else "")
+        + f", {'x'.join(str(d) for d in log['shape'])}, [-1, 1], no dequantisation), "
         f"CosineVPSDE, eps-prediction, {FLAGS.n_samples} seeds, deterministic DDIM with "
         f"{FLAGS.n_steps} score evaluations (same sampler and same x_T for network and machines). "
         "Correlation = Pearson per image (authors' script); R^2 = 1 - SS_res/SS_tot with the "
