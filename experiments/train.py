@@ -84,10 +84,8 @@ class Setup:
         it = data_lib.make_iterator(c.dataset, c.train_split, self.host_batch, seed=self.config.seed,
                                     dequantize=c.dequantize, flip=c.flip, process_index=self.process_index,
                                     process_count=self.process_count, data_dir=c.get("data_dir"),
-                                    scale=c.scale)
-        for _ in range(skip):  # fast-forward to the checkpointed position (same batches, same noise)
-            next(it)
-        return it
+                                    scale=c.scale, start_batch=skip)
+        return it  # starts at the checkpointed position: the same batches, the same noise
 
     def to_model_batch(self, batch: dict) -> dict:
         out = {"image": batch["image"].reshape((batch["image"].shape[0],) + self.input_shape)}

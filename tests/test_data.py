@@ -1,5 +1,7 @@
 """Data pipeline: digits TFDS builder, splits, scaling/dequantisation, seeds, sharding, mocks."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -93,6 +95,27 @@ def test_determinism_and_epochs(data_dir):
     labs = np.concatenate([bt["label"] for bt in batches])
     k, y = data.load_arrays("digits", "validation", data_dir=data_dir)
     assert _rows(np.rint(imgs * 16), labs) == _rows(k, y)
+
+
+@pytest.mark.parametrize("kw", [dict(dequantize=True), dict(num_epochs=2, drop_remainder=False),
+                                dict(process_index=1, process_count=2)])
+def test_start_batch_is_the_tail_of_the_stream(data_dir, kw):
+    """start_batch=k gives batches k, k+1, ... of the full stream bit for bit (noise included),
+    across epoch boundaries (150 validation digits, batch 64)."""
+    def stream(start):
+        return list(itertools.islice(data.make_iterator("digits", "validation", 64, seed=3,
+                                                        data_dir=data_dir, start_batch=start, **kw), 12))
+    full = stream(0)
+    assert len(full) >= 5
+    for k in (1, 2, 3, 7):
+        tail = stream(k)
+        want = max(0, len(full) - k) if kw.get("num_epochs") else 12
+        assert len(tail) == want
+        for a, b in zip(full[k:], tail):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["label"], b["label"])
+    with pytest.raises(ValueError, match="start_batch"):
+        data.make_iterator("digits", "validation", 64, seed=3, data_dir=data_dir, start_batch=-1)
 
 
 def test_process_sharding_disjoint():

@@ -239,7 +239,7 @@ def _check_int(value, name, lo):
 def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epochs: int | None = None,
                   dequantize: bool = True, flip: bool = False, process_index: int = 0,
                   process_count: int = 1, data_dir: str | None = None, scale: str = "[-1,1]",
-                  shuffle: bool = True, drop_remainder: bool = True) -> Iterator[dict]:
+                  shuffle: bool = True, drop_remainder: bool = True, start_batch: int = 0) -> Iterator[dict]:
     """Batches {"image": float32 (batch_size, *shape), "label": int32 (batch_size,)}.
 
     Epoch e visits a permutation of the split drawn from (seed, e) (identity if
@@ -249,7 +249,9 @@ def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epoc
     end of a finite run a partial batch is dropped (drop_remainder) or yielded.
     Image sets are scaled and (optionally) dequantised as in the module docstring, with
     flip=True flipping each image left-right with probability 1/2 (only for sets with
-    `flip_ok`); synthetic sets are yielded as they are.
+    `flip_ok`); synthetic sets are yielded as they are. Batch k's noise and flips come
+    from (seed, process_index, k), so `start_batch=k` starts the same stream at batch k
+    without reading batches 0..k-1 (what a resumed run does).
 
     All arguments are checked here, before the first batch, so a bad config fails
     before training starts.
@@ -263,6 +265,7 @@ def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epoc
         raise ValueError(f"process_index must be < process_count = {process_count}, got {process_index}.")
     if num_epochs is not None:
         _check_int(num_epochs, "num_epochs", 1)
+    _check_int(start_batch, "start_batch", 0)
     _check_scale(scale)
     if flip and not info.flip_ok:
         ok = [n for n, i in DATASETS.items() if i.flip_ok]
@@ -277,24 +280,42 @@ def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epoc
         raise ValueError(f"split {split!r} of {name!r} has {len(src)} examples, fewer than "
                          f"process_count={process_count}.")
     return _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip,
-                    process_index, scale, shuffle, drop_remainder)
+                    process_index, scale, shuffle, drop_remainder, start_batch)
 
 
 def _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip, process_index,
-             scale, shuffle, drop_remainder):
-    rng = np.random.default_rng([seed, process_index, 7])  # dequantisation noise and flips
+             scale, shuffle, drop_remainder, start_batch):
+    # The stream is this host's slice of epoch 0's permutation, then epoch 1's, ...; batch
+    # k is stream[k B : (k + 1) B] and draws its dequantisation noise and flips from
+    # (seed, process_index, k) alone, so batch k is computed without reading batches < k.
     n = len(src)
-    buf = np.zeros((0,), np.int64)
-    epoch = 0
-    while num_epochs is None or epoch < num_epochs:
+
+    def host_slice(epoch):
         perm = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        buf = np.concatenate([buf, perm[process_index * n_local:(process_index + 1) * n_local]])
+        return perm[process_index * n_local:(process_index + 1) * n_local]
+
+    k = start_batch
+    epoch, offset = divmod(start_batch * batch_size, n_local)
+    buf = np.zeros((0,), np.int64)
+    if num_epochs is None or epoch < num_epochs:
+        buf = host_slice(epoch)[offset:]
         epoch += 1
+    while True:
         while len(buf) >= batch_size:
             idx, buf = buf[:batch_size], buf[batch_size:]
-            yield _make_batch(src, info, idx, rng, dequantize, flip, scale)
+            yield _make_batch(src, info, idx, _batch_rng(seed, process_index, k), dequantize, flip, scale)
+            k += 1
+        if num_epochs is not None and epoch >= num_epochs:
+            break
+        buf = np.concatenate([buf, host_slice(epoch)])
+        epoch += 1
     if len(buf) and not drop_remainder:
-        yield _make_batch(src, info, buf, rng, dequantize, flip, scale)
+        yield _make_batch(src, info, buf, _batch_rng(seed, process_index, k), dequantize, flip, scale)
+
+
+def _batch_rng(seed, process_index, k):
+    """The generator of batch k's dequantisation noise and flips."""
+    return np.random.default_rng([seed, process_index, 7, k])
 
 
 def _make_batch(src, info, idx, rng, dequantize, flip, scale):
