@@ -317,8 +317,8 @@ def main(argv):
             outs[mname], _ = ddim(lambda i, x, t: machine_score(machines[sz[i]], x, t), sde, x_T, times)
             outs[mname] = np.asarray(outs[mname])
         handover = {}
+        sz = sched["ELS"].sizes
         for k in (int(v) for v in FLAGS.handover_steps):
-            sz = sched["ELS"].sizes
             out_k, _ = ddim(lambda i, x, t: net_score(x, t) if i < k else machine_score(els[sz[i]], x, t),
                             sde, x_T, times)
             handover[k] = float(np.median(pearson(np.asarray(out_k), net_out)))
@@ -330,7 +330,8 @@ def main(argv):
         r2 = {m: r_squared(o, net_out) for m, o in outs.items()}
         nn_d = {m: nearest_train(o, x_np)[0] for m, o in outs.items()}
         entry = {"params": n_params, "boundary": net_boundary(name), "train_s": t_train,
-                 "net_sample_s": t_net, "calib_s": t_cal, "machines_s": t_mach, "handover": handover, "losses": losses, "train_steps": steps,
+                 "net_sample_s": t_net, "calib_s": t_cal, "machines_s": t_mach, "handover": handover,
+                 "losses": losses, "train_steps": steps,
                  "schedules": {m: list(s.sizes) for m, s in sched.items()},
                  "cos_median": {m: c.tolist() for m, c in cos_tab.items()},
                  "nn_net_median": float(np.median(nn_net))}
@@ -381,7 +382,7 @@ def write_markdown(path, log, rows, t_ideal, nn_ideal):
         "exceeds the ideal score's; NN = RMS per-pixel distance to the nearest training image "
         f"(0 = memorised). ResNet padding and its ELS boundary: {FLAGS.boundary}; the UNet pads "
         f"with zeros and is compared with the zero-padding ELS machine. Cosine VP SDE with "
-        f"log-SNR(T) = {FLAGS.log_snr_min:.3f} (alpha(T) = {float(make_sde().alpha(1.0)):.4f}). "
+        f"log-SNR(T) = {FLAGS.log_snr_min:.3f} (alpha(T) = {float(make_sde().alpha(make_sde().T)):.4f}). "
         f"P(t) calibrated per "
         f"network on {FLAGS.calib_samples} of the seeds, candidates {FLAGS.patch_sizes}.",
         "",
