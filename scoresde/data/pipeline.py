@@ -18,8 +18,10 @@ Always use the data set's own L: the digits have 17 levels, not 256.
 Batches are per host: with `process_count` hosts every epoch's seeded permutation is
 cut into `process_count` disjoint, equal slices and host `process_index` reads its
 own; the trainer reshapes a host batch for its local devices with
-`scoresde.parallel.shard`. Randomness (shuffling, dequantisation noise, flips) comes
-from NumPy generators seeded by (seed, process_index, ...), so a run is reproducible.
+`scoresde.parallel.shard`. Randomness comes from NumPy generators seeded by the seed
+and the position in the stream: each epoch's permutation by (seed, epoch), batch k's
+dequantisation noise and flips by (seed, process_index, k). A run is reproducible, and
+a resumed run starts at its batch directly (`make_iterator(start_batch=k)`).
 
 The loader is a small NumPy loop over TFDS random-access data sources
 (`tfds.data_source`, array_record, no TensorFlow). We looked at grain: it would add
