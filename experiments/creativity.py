@@ -23,7 +23,8 @@ Steps:
 Why circular by default: the digits are 8x8 and the ResNet's receptive field is 17x17,
 so with zero padding every output pixel sees the border, i.e. its absolute position,
 and the network is not translation equivariant anywhere (on 28x28 MNIST, the paper's
-setting, the border is far from most pixels). Circular padding keeps the network
+setting, the central pixels, where the strokes are, see little or no padding). Circular
+padding keeps the network
 exactly equivariant, which is the assumption the ELS machine is built on.
 
 Run (under 30 minutes on 2 CPU cores):
