@@ -60,8 +60,9 @@ from scoresde.sde import CosineVPSDE
 FLAGS = flags.FLAGS
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # log-SNR at t = 1 of the cosine schedule in Kamb & Ganguli's released code,
-# alpha(t) = cos(t / 1.008 * pi / 2): alpha(1) = 0.012466, log(alpha^2 / (1 - alpha^2)).
-AUTHORS_LOG_SNR_T = math.log(math.cos(math.pi / 2 / 1.008) ** 2 / (1 - math.cos(math.pi / 2 / 1.008) ** 2))
+# alpha(t) = cos(t / 1.008 * pi / 2): alpha(1) = 0.012466, and
+# log(alpha^2 / (1 - alpha^2)) = log cot^2(pi / 2.016) = -2 log tan(pi / 2.016).
+AUTHORS_LOG_SNR_T = -2.0 * math.log(math.tan(math.pi / 2 / 1.008))
 flags.DEFINE_string("workdir", "/tmp/creativity", "Where PNG panels and per-image arrays go.")
 flags.DEFINE_string("results_md", "", "If set, write the markdown table here.")
 flags.DEFINE_enum("dataset", "digits", list(IMAGE_SETS),
@@ -368,6 +369,8 @@ def main(argv):
 
 def write_markdown(path, log, rows, t_ideal, nn_ideal):
     cmd = "python -m experiments.creativity " + " ".join(a for a in sys.argv[1:])
+    sde = make_sde()
+    alpha_T = float(sde.alpha(sde.T))
     lines = [
         f"# Creativity experiment (Kamb & Ganguli 2025) on {FLAGS.dataset}",
         "",
@@ -383,7 +386,7 @@ def write_markdown(path, log, rows, t_ideal, nn_ideal):
         "exceeds the ideal score's; NN = RMS per-pixel distance to the nearest training image "
         f"(0 = memorised). ResNet padding and its ELS boundary: {FLAGS.boundary}; the UNet pads "
         f"with zeros and is compared with the zero-padding ELS machine. Cosine VP SDE with "
-        f"log-SNR(T) = {FLAGS.log_snr_min:.3f} (alpha(T) = {float(make_sde().alpha(make_sde().T)):.4f}). "
+        f"log-SNR(T) = {FLAGS.log_snr_min:.3f} (alpha(T) = {alpha_T:.4f}). "
         f"P(t) calibrated per "
         f"network on {FLAGS.calib_samples} of the seeds, candidates {FLAGS.patch_sizes}.",
         "",

@@ -58,9 +58,9 @@ def _scale_at(scale, tb, dtype):
     return jnp.asarray(scale(tb) if callable(scale) else scale, dtype)
 
 
-def _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, s2):
-    """At (x, t): the score s, the residual res = y - A x0_hat, u = (r2 A A^T + s2 I)^{-1} res
-    and g = J^T A^T u with J = d x0_hat / d x_t (one score call and one VJP)."""
+def _denoise_vjp(score_fn, sde, x, t):
+    """Tweedie's x0_hat = (x + sigma^2 s(x, t)) / alpha at (x, t), with the VJP of
+    x -> x0_hat and the score (one score call): (x0_hat, vjp, score, alpha, sigma)."""
     tb = _tb(t, x)
     a, s = sde.alpha(tb), sde.sigma(tb)
 
@@ -69,6 +69,13 @@ def _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, s2):
         return (v + _bcast(s**2, v) * sc) / _bcast(a, v), sc
 
     x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
+    return x0, vjp, sc, a, s
+
+
+def _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, s2):
+    """At (x, t): the score s, the residual res = y - A x0_hat, u = (r2 A A^T + s2 I)^{-1} res
+    and g = J^T A^T u with J = d x0_hat / d x_t (one score call and one VJP)."""
+    x0, vjp, sc, a, s = _denoise_vjp(score_fn, sde, x, t)
     res = y - op.apply(x0)
     u = op.gram_solve(res, r2_fn(a, s), s2)
     (g,) = vjp(op.transpose(u))
@@ -161,13 +168,7 @@ def tweedie_cov_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOp
     def score(x, t):
         op.check_observation(y, x.shape)
         tb = _tb(t, x)
-        a, s = sde.alpha(tb), sde.sigma(tb)
-
-        def denoise(v):
-            sc = score_fn(v, t)
-            return (v + _bcast(s**2, v) * sc) / _bcast(a, v), sc
-
-        x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
+        x0, vjp, sc, a, s = _denoise_vjp(score_fn, sde, x, t)
         B = x.shape[0]
         obs_shape = y.shape[1:]
         M = y[0].size
