@@ -48,27 +48,12 @@ import numpy as np
 
 from scoresde._keys import per_example_keys
 from scoresde._checks import check_batched, check_float_data, concrete_or_none
+from scoresde._types import Array, PyTree
+from scoresde._util import add_batch_axis, call_score, check_cond, rk_evaluations
 from scoresde.sde import AbstractSDE
-
-Array = jax.Array
 
 _TRACES = ("hutchinson", "exact")
 _PROBES = ("rademacher", "gaussian")
-
-
-def _evals_per_solve(solver, num_steps: Array) -> Array:
-    """Vector-field evaluations of an adaptive Runge-Kutta solve with dt0=None.
-
-    For an FSAL tableau with s stages (Tsit5, Dopri5, Dopri8, Bosh3) every step attempt,
-    accepted or rejected, costs s - 1 new evaluations, plus 1 at the start; counted with
-    a callback inside the vector field (tests/test_likelihood.py). Without FSAL it is s.
-    """
-    tab = getattr(solver, "tableau", None)
-    if tab is None:
-        raise TypeError(f"solver must be an explicit Runge-Kutta diffrax solver with a Butcher tableau "
-                        f"(e.g. diffrax.Tsit5(), diffrax.Dopri5()), got {type(solver).__name__}.")
-    s = tab.num_stages
-    return (1 + (s - 1) * num_steps) if tab.fsal else s * num_steps
 
 
 def _draw_probes(key: Array, shape: tuple[int, ...], n_probes: int, probe: str, dtype) -> Array:
@@ -79,7 +64,7 @@ def _draw_probes(key: Array, shape: tuple[int, ...], n_probes: int, probe: str, 
 
 
 @eqx.filter_jit
-def _solve_augmented(score_fn, sde, keys, x, trace, n_probes, probe, rtol, atol, solver, max_steps):
+def _solve_augmented(score_fn, sde, keys, x, cond, trace, n_probes, probe, rtol, atol, solver, max_steps):
     """(x_T, int_eps^T div v dt, nfe) per example; compiled once per score_fn / settings / shapes.
 
     filter_jit treats the score function, the SDE's float fields and the settings as
@@ -88,13 +73,14 @@ def _solve_augmented(score_fn, sde, keys, x, trace, n_probes, probe, rtol, atol,
     shape = x.shape[1:]
     dim = math.prod(shape)
 
-    def drift(xe, t):
-        # One example through the batch-first score function.
-        return sde.ode_drift(score_fn, xe[None], jnp.reshape(t, (1,)))[0]
+    def drift(xe, t, c):
+        # One example through the batch-first score function (c: its conditioning, batch of one).
+        return sde.ode_drift(lambda z, tt: call_score(score_fn, z, tt, c), xe[None], jnp.reshape(t, (1,)))[0]
 
-    def vector_field(t, y, probes):
+    def vector_field(t, y, args):
+        probes, c = args
         xe, _ = y
-        v, jvp = jax.linearize(lambda z: drift(z, t), xe)
+        v, jvp = jax.linearize(lambda z: drift(z, t, c), xe)
         if v.shape != xe.shape:
             raise ValueError(f"score_fn(x, t) returned per-example shape {v.shape} but x has {xe.shape}; "
                              "a score function must return an array shaped like its input.")
@@ -110,15 +96,15 @@ def _solve_augmented(score_fn, sde, keys, x, trace, n_probes, probe, rtol, atol,
     term = diffrax.ODETerm(vector_field)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
-    def solve_one(xe, k):
+    def solve_one(xe, k, c):
         probes = None if trace == "exact" else _draw_probes(k, shape, n_probes, probe, xe.dtype)
         y0 = (xe, jnp.zeros((), xe.dtype))
-        sol = diffrax.diffeqsolve(term, solver, sde.eps, sde.T, None, y0, args=probes,
+        sol = diffrax.diffeqsolve(term, solver, sde.eps, sde.T, None, y0, args=(probes, add_batch_axis(c)),
                                   stepsize_controller=controller, max_steps=max_steps,
                                   saveat=diffrax.SaveAt(t1=True))
-        return sol.ys[0][-1], sol.ys[1][-1], _evals_per_solve(solver, sol.stats["num_steps"])
+        return sol.ys[0][-1], sol.ys[1][-1], rk_evaluations(solver, sol.stats["num_steps"])
 
-    return jax.vmap(solve_one)(x, keys)
+    return jax.vmap(solve_one)(x, keys, cond)
 
 
 def log_likelihood(
@@ -127,6 +113,7 @@ def log_likelihood(
     key: Array,
     x: Array,
     *,
+    cond: PyTree = None,
     trace: Literal["hutchinson", "exact"] = "hutchinson",
     n_probes: int = 1,
     probe: Literal["rademacher", "gaussian"] = "rademacher",
@@ -142,11 +129,15 @@ def log_likelihood(
         v(x, t) = f(t) x - g(t)^2 / 2 * score(x, t)         (Song et al. 2021, eq. 39)
 
     Args:
-      score_fn: score(x, t) -> array like x (batch-first; t of shape (batch,)).
+      score_fn: score(x, t) -> array like x (batch-first; t of shape (batch,)), or
+        score(x, t, cond) with `cond`.
       sde: the forward SDE; the solve runs over [sde.eps, sde.T].
       key: one PRNG key (split per example) or one key per example. Only the
         Hutchinson probes are random; with trace="exact" the key is unused.
       x: data points (B, ...), float. They are the starting points at t = eps.
+      cond: conditioning of a conditional model, a pytree whose leaves have a leading
+        axis of B (passed as score(x, t, cond), example i's slice to example i's solve),
+        or None (score(x, t)).
       trace: "exact" (trace of the Jacobian, D Jacobian-vector products per
         evaluation: for small D) or "hutchinson" (K = n_probes probes).
       n_probes: K, the number of Hutchinson probes per example (their estimates are
@@ -180,8 +171,9 @@ def log_likelihood(
     batch = x.shape[0]
     keys = per_example_keys(key, batch)
     terminal_logp = sde.prior_logp if terminal_logp is None else terminal_logp
-    _evals_per_solve(solver, 0)  # fail early on a solver without a tableau
-    x_T, delta, nfe = _solve_augmented(score_fn, sde, keys, x, trace, n_probes, probe, rtol, atol, solver,
+    check_cond(cond, batch)
+    rk_evaluations(solver, 0, name="solver")  # fail early on a solver whose cost cannot be counted
+    x_T, delta, nfe = _solve_augmented(score_fn, sde, keys, x, cond, trace, n_probes, probe, rtol, atol, solver,
                                        max_steps)
     prior = terminal_logp(x_T)
     if prior.shape != (batch,):

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data, check_same_shape, check_time
-from scoresde.sde import AbstractSDE, _bcast
+from scoresde._util import bcast
+from scoresde.sde import AbstractSDE
 
 Array = jax.Array
 
@@ -192,7 +193,7 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
     xt, z = sde.sample_marginal(kz, x0, t)
     s = score_fn(xt, t) if labels is None else score_fn(xt, t, labels)
     check_same_shape(s, x0, "score_fn(x_t, t)", "x0")
-    resid = _bcast(sde.sigma(t), x0) * s + z
+    resid = bcast(sde.sigma(t), x0) * s + z
     sq = resid.reshape(n, -1) ** 2
     per = jnp.sum(sq, axis=-1) if reduce_dims == "sum" else jnp.mean(sq, axis=-1)
     per = w * weighting.over_sigma2(t, sde) * per

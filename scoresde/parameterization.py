@@ -35,13 +35,30 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sde import AbstractSDE, _bcast
-
-Array = jax.Array
+from scoresde._types import Array
+from scoresde._util import bcast
+from scoresde.sde import AbstractSDE
 
 
 def _coeffs(sde: AbstractSDE, t, x):
-    return _bcast(sde.alpha(t), x), _bcast(sde.sigma(t), x)
+    return bcast(sde.alpha(t), x), bcast(sde.sigma(t), x)
+
+
+def x0_from_score(sde: AbstractSDE, x: Array, t, score: Array) -> Array:
+    """Tweedie's formula (Efron 2011): the denoiser D(x, t) = E[x_0 | x_t = x] from the score,
+
+        D = (x + sigma_t^2 score(x, t)) / alpha_t.
+
+    t is a scalar or has shape (batch,). The one place this formula is written."""
+    a, s = _coeffs(sde, t, x)
+    return (x + s * s * score) / a
+
+
+def score_from_x0(sde: AbstractSDE, x: Array, t, x0: Array) -> Array:
+    """The inverse of `x0_from_score`: score(x, t) = -(x - alpha_t D) / sigma_t^2, the score
+    of a denoiser D(x, t) = E[x_0 | x_t = x] (analytic machines, x0-predicting networks)."""
+    a, s = _coeffs(sde, t, x)
+    return -(x - a * x0) / (s * s)
 
 
 def to_eps(kind: str, value: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
@@ -81,11 +98,11 @@ def convert(value: Array, *, frm: str, to: str, x: Array, t: Array, sde: Abstrac
     """
     if frm == to:
         return value
-    a, s = _coeffs(sde, t, x)
     if frm == "x0" and to == "score":
-        return -(x - a * value) / (s * s)
+        return score_from_x0(sde, x, t, value)
     if frm == "score" and to == "x0":
-        return (x + s * s * value) / a
+        return x0_from_score(sde, x, t, value)
+    a, s = _coeffs(sde, t, x)
     if frm == "v" and to == "x0":
         return (a * x - s * value) / (a * a + s * s)
     if frm == "x0" and to == "v":
@@ -161,11 +178,11 @@ class EDMPreconditioning(AbstractParameterization):
 
     def network_inputs(self, x, t, sde):
         _, _, c_in, c_noise = self.coefficients(t, sde)
-        return _bcast(c_in / sde.alpha(t), x) * x, c_noise
+        return bcast(c_in / sde.alpha(t), x) * x, c_noise
 
     def denoise(self, out, x, t, sde):
         c_skip, c_out, _, _ = self.coefficients(t, sde)
-        return _bcast(c_skip / sde.alpha(t), x) * x + _bcast(c_out, x) * out
+        return bcast(c_skip / sde.alpha(t), x) * x + bcast(c_out, x) * out
 
     def to_score(self, out, x, t, sde):
         return convert(self.denoise(out, x, t, sde), frm="x0", to="score", x=x, t=t, sde=sde)
@@ -193,6 +210,6 @@ def denoiser_from_score(score_fn: Callable, sde: AbstractSDE) -> Callable:
     """Tweedie denoiser D(x, t) = E[x_0 | x_t] = (x + sigma^2 score(x, t)) / alpha."""
 
     def denoise(x, t, *cond):
-        return convert(score_fn(x, t, *cond), frm="score", to="x0", x=x, t=t, sde=sde)
+        return x0_from_score(sde, x, t, score_fn(x, t, *cond))
 
     return denoise

@@ -32,16 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from scoresde._checks import check_time, concrete_or_none
+from scoresde._types import Array
+from scoresde._util import bcast
 
-Array = jax.Array
-
-
-def _bcast(c: Array, x: Array) -> Array:
-    """Broadcast a per-example coefficient (scalar or shape (batch,)) against x."""
-    c = jnp.asarray(c)
-    if c.ndim == 0:
-        return c
-    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
 class AbstractSDE(eqx.Module):
@@ -95,12 +88,12 @@ class AbstractSDE(eqx.Module):
 
     def drift(self, x: Array, t: Array) -> Array:
         """Forward drift f(t) x."""
-        return _bcast(self.f(t), x) * x
+        return bcast(self.f(t), x) * x
 
     def marginal(self, x0: Array, t: Array) -> tuple[Array, Array]:
         """Mean alpha(t) x_0 and std sigma(t) of p_t(x | x_0), broadcast against x0."""
         check_time(t, self, "t")
-        return _bcast(self.alpha(t), x0) * x0, _bcast(self.sigma(t), x0)
+        return bcast(self.alpha(t), x0) * x0, bcast(self.sigma(t), x0)
 
     def sample_marginal(self, key: Array, x0: Array, t: Array) -> tuple[Array, Array]:
         """Draw x_t = alpha(t) x_0 + sigma(t) z. Returns (x_t, z)."""
@@ -140,18 +133,18 @@ class AbstractSDE(eqx.Module):
         ancestral predictors of Song et al. (2021) are built on it.
         """
         a, v = self.transition(t - dt, t)
-        return _bcast(a - 1.0, x) * x, _bcast(jnp.sqrt(jnp.maximum(v, 0.0)), x)
+        return bcast(a - 1.0, x) * x, bcast(jnp.sqrt(jnp.maximum(v, 0.0)), x)
 
     def reverse_drift(self, score_fn, x: Array, t: Array) -> Array:
         """Drift of the reverse-time SDE (Anderson 1982): f(t) x - g(t)^2 score(x, t).
 
         The reverse SDE is dx = [f x - g^2 score] dt + g dW_bar with dt < 0.
         """
-        return self.drift(x, t) - _bcast(self.g2(t), x) * score_fn(x, t)
+        return self.drift(x, t) - bcast(self.g2(t), x) * score_fn(x, t)
 
     def ode_drift(self, score_fn, x: Array, t: Array) -> Array:
         """Probability-flow ODE drift: dx/dt = f(t) x - g(t)^2 score(x, t) / 2."""
-        return self.drift(x, t) - 0.5 * _bcast(self.g2(t), x) * score_fn(x, t)
+        return self.drift(x, t) - 0.5 * bcast(self.g2(t), x) * score_fn(x, t)
 
     def _validate_range(self):
         eps, T = concrete_or_none(self.eps), concrete_or_none(self.T)

@@ -23,7 +23,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sde import AbstractSDE, _bcast
+from scoresde._util import bcast
+from scoresde.sde import AbstractSDE
 from scoresde._checks import check_time, concrete_or_none
 
 Array = jax.Array
@@ -165,7 +166,7 @@ class GaussianMixture(eqx.Module):
         if t is None:
             return x0, k
         a, s = self._coeffs(x0, t, sde)
-        return _bcast(a, x0) * x0 + _bcast(s, x0) * jax.random.normal(kn, x0.shape, x0.dtype), k
+        return bcast(a, x0) * x0 + bcast(s, x0) * jax.random.normal(kn, x0.shape, x0.dtype), k
 
     def sample(self, key, n: int, t=None, sde: AbstractSDE | None = None) -> Array:
         """Draw n samples of p_t (t=None: the data law), shape (n, D)."""

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde._checks import concrete_or_none
-from scoresde.sde import _bcast
+from scoresde._util import bcast
 
 Array = jax.Array
 
@@ -107,6 +107,6 @@ def classifier_guided_score(score_fn: Callable, log_prob_fn: Callable, scale=1.0
     """
     def score(x, t):
         g = jax.grad(lambda v: jnp.sum(log_prob_fn(v, t)))(x)
-        return score_fn(x, t) + _bcast(jnp.asarray(scale, x.dtype), x) * g
+        return score_fn(x, t) + bcast(jnp.asarray(scale, x.dtype), x) * g
 
     return score

@@ -34,7 +34,8 @@ from scoresde.sampling.base import SampleResult
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
 from scoresde.sampling.pc import (AbstractCorrector, AbstractPredictor, NoneCorrector,
                                   NonePredictor, ReverseDiffusionPredictor)
-from scoresde.sde import AbstractSDE, _bcast
+from scoresde._util import bcast
+from scoresde.sde import AbstractSDE
 
 Array = jax.Array
 
@@ -66,7 +67,7 @@ def _denoise_vjp(score_fn, sde, x, t):
 
     def denoise(v):
         sc = score_fn(v, t)
-        return (v + _bcast(s**2, v) * sc) / _bcast(a, v), sc
+        return (v + bcast(s**2, v) * sc) / bcast(a, v), sc
 
     x0, vjp, sc = jax.vjp(denoise, x, has_aux=True)
     return x0, vjp, sc, a, s
@@ -93,7 +94,7 @@ def _likelihood_guidance(score_fn, sde, op, y, r2_fn, sigma_y, scale):
     def score(x, t):
         op.check_observation(y, x.shape)
         sc, _, _, g = _guidance_terms(score_fn, sde, op, y, x, t, r2_fn, sigma_y**2)
-        return sc + _bcast(_scale_at(scale, _tb(t, x), x.dtype), x) * g
+        return sc + bcast(_scale_at(scale, _tb(t, x), x.dtype), x) * g
 
     return score
 
@@ -177,12 +178,12 @@ def tweedie_cov_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOp
         # JtAt[m] = J^T A^T e_m for every example: (M, B, ...); then A J^T A^T -> (B, M, M)
         JtAt = jax.vmap(lambda e: vjp(op.transpose(jnp.broadcast_to(e, (B,) + obs_shape)))[0])(basis)
         AJA = jax.vmap(op.apply)(JtAt).reshape(M, B, M).transpose(1, 2, 0)
-        cov = _bcast(s**2 / a, AJA) * 0.5 * (AJA + jnp.swapaxes(AJA, 1, 2))
+        cov = bcast(s**2 / a, AJA) * 0.5 * (AJA + jnp.swapaxes(AJA, 1, 2))
         cov = cov + sigma_y**2 * jnp.eye(M, dtype=x.dtype) + jnp.diag((~rows).astype(x.dtype))
         r = (y - op.apply(x0)).reshape(B, M) * rows
         u = jnp.linalg.solve(cov, r[..., None])[..., 0] * rows
         (g,) = vjp(op.transpose(u.reshape(y.shape)))
-        return sc + _bcast(_scale_at(scale, tb, x.dtype), x) * g
+        return sc + bcast(_scale_at(scale, tb, x.dtype), x) * g
 
     return score
 
@@ -190,6 +191,8 @@ def tweedie_cov_score(score_fn: Callable, sde: AbstractSDE, op: AbstractLinearOp
 class ODEEulerPredictor(AbstractPredictor):
     """Probability-flow Euler step x' = x + (t_next - t) [f x - g^2 s / 2] (deterministic),
     so the replacement method can run on the ODE as well as on the reverse SDE."""
+
+    n_evals = 1
 
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         return x + (t_next - t) * sde.ode_drift(score_fn, x, _tb(t, x))
@@ -199,7 +202,7 @@ class ReplacementSampler(eqx.Module):
     """Settings of the replacement method (Song et al. 2021, "Score-Based Generative
     Modeling through SDEs", App. I.2 / G): n_steps grid steps, each a corrector then a
     predictor step from `scoresde.sampling.pc` (or `ODEEulerPredictor`), then replacement.
-    NFE = n_steps * (1 + corrector.n_evals()) (+1 for the final denoise)."""
+    NFE = n_steps * (predictor.n_evals + corrector.n_evals) (+1 for the final denoise)."""
 
     n_steps: int = eqx.field(static=True)
     predictor: AbstractPredictor = ReverseDiffusionPredictor()
@@ -265,11 +268,11 @@ def sample_replacement(sampler: ReplacementSampler, score_fn: Callable, sde: Abs
 
     x = replace(x_T, ts[0], n)
     x, _ = jax.lax.scan(body, x, (jnp.arange(n), ts[:-1], ts[1:]))
-    per = (0 if isinstance(sampler.predictor, NonePredictor) else 1) + sampler.corrector.n_evals()
+    per = sampler.predictor.n_evals + sampler.corrector.n_evals
     nfe = n * per
     if denoise:
         t = jnp.full(x.shape[:1], sde.eps, x.dtype)
-        x = (x + _bcast(sde.sigma(t) ** 2, x) * score_fn(x, t)) / _bcast(sde.alpha(t), x)
+        x = (x + bcast(sde.sigma(t) ** 2, x) * score_fn(x, t)) / bcast(sde.alpha(t), x)
         x = op.replace(x, y)
         nfe += 1
     return SampleResult(x, jnp.asarray(nfe, jnp.int32), None)

@@ -39,7 +39,8 @@ from scoresde.guidance.inverse import _check_sigma_y, _guidance_terms, _pigdm_r2
 from scoresde.guidance.operators import AbstractLinearOperator
 from scoresde.sampling.base import SampleResult
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
-from scoresde.sde import AbstractSDE, _bcast
+from scoresde._util import bcast
+from scoresde.sde import AbstractSDE
 
 Array = jax.Array
 
@@ -130,7 +131,7 @@ def sample_twisted_smc(sampler: TwistedSMC, score_fn: Callable, sde: AbstractSDE
         mean_p = x - h * (f * x - g2 * sc)
         lam = sampler.proposal_scale
         lam = jnp.asarray(lam(jnp.full(x.shape[:1], t, x.dtype)) if callable(lam) else lam, x.dtype)
-        mean_q = mean_p + h * g2 * _bcast(lam, g) * g
+        mean_q = mean_p + h * g2 * bcast(lam, g) * g
         var = g2 * h
         x_new = mean_q + jnp.sqrt(var) * flat(normal(i))
         sc_n, logt_n, g_n = evaluate(x_new, t_next)
@@ -146,7 +147,7 @@ def sample_twisted_smc(sampler: TwistedSMC, score_fn: Callable, sde: AbstractSDE
         def pick(a):
             a = unflat(a)
             r = jax.vmap(lambda ai, ii: ai[ii])(a, idx)
-            return flat(jnp.where(_bcast(do, r), r, a))
+            return flat(jnp.where(bcast(do, r), r, a))
 
         x_new, sc_n, logt_n, g_n = pick(x_new), pick(sc_n), pick(logt_n), pick(g_n)
         logw = jnp.where(do[:, None], 0.0, logw)
@@ -157,7 +158,7 @@ def sample_twisted_smc(sampler: TwistedSMC, score_fn: Callable, sde: AbstractSDE
     nfe = n + 1
     if denoise:
         tb = jnp.full(x.shape[:1], ts[-1], x.dtype)
-        x = (x + _bcast(sde.sigma(tb) ** 2, x) * sc) / _bcast(sde.alpha(tb), x)
+        x = (x + bcast(sde.sigma(tb) ** 2, x) * sc) / bcast(sde.alpha(tb), x)
     choice = jax.vmap(lambda k, lw: jax.random.categorical(jax.random.fold_in(k, 2 * n + 1), lw))(keys, logw)
     out = jax.vmap(lambda a, c: a[c])(unflat(x), choice)
     return SampleResult(out, jnp.asarray(nfe, jnp.int32), None)

@@ -1,20 +1,26 @@
-"""The sampler interface: `sample(sampler, score_fn, sde, key, x_T)`.
+"""The sampler interface: `sample(sampler, score_fn, sde, key, x_T, cond=None)`.
 
 A sampler is an immutable equinox Module holding its settings (number of steps,
 time grid, solver...). It implements one method, `AbstractSampler.run`, that walks
-a batch x_T from t = T down to t = eps with a score function `score(x, t)`; the
-public entry point `sample` adds what is common to all samplers: per-example PRNG
-keys, the optional final Tweedie denoising step and the NFE bookkeeping.
+a batch x_T from t = T down to t = eps with a score function; the public entry point
+`sample` adds what is common to all samplers: input checks, per-example PRNG keys,
+the optional final Tweedie denoising step and the NFE bookkeeping.
+
+Conditioning travels as an argument, the way diffrax passes `args`: `cond` is any
+pytree whose leaves have a leading batch axis (class labels, measurements y, guidance
+weights...) and the score is called as `score(x, t, cond)` (as `score(x, t)` when cond
+is None). A sampler that solves each example on its own (the diffrax samplers) hands
+the score example i's slice of cond with a batch axis of one, so a score function never
+closes over batch-shaped arrays.
 
 Randomness is per example: example i draws every random number from its own key
 keys[i] (e.g. `jax.random.fold_in(keys[i], step)`), never from a batch-wide key, so a
 batch split over devices gives the same samples as one device for the same keys.
 """
 
-from __future__ import annotations
 
 import abc
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import equinox as eqx
 import jax
@@ -22,10 +28,10 @@ import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data, check_same_shape
 from scoresde._keys import per_example_keys
-from scoresde.sde import AbstractSDE, _bcast
-
-Array = jax.Array
-ScoreFn = Callable[[Array, Array], Array]
+from scoresde._types import Array, PyTree, ScoreFn
+from scoresde._util import batch_time, call_score, check_cond
+from scoresde.parameterization import x0_from_score
+from scoresde.sde import AbstractSDE
 
 
 class SampleResult(NamedTuple):
@@ -45,37 +51,48 @@ class SampleResult(NamedTuple):
 class AbstractSampler(eqx.Module):
     """A sampler of the reverse process from t = T to t = eps.
 
-    Subclasses implement `run(score_fn, sde, keys, x_T, save_trajectory)` returning
-    (x_eps, nfe, trajectory or None); `keys` is a typed key array of shape (B,),
-    one key per example.
+    Subclasses implement `run(score_fn, sde, keys, x_T, cond, save_trajectory)` returning
+    (x_eps, nfe, trajectory or None); `keys` is a typed key array of shape (B,), one key
+    per example, and `cond` the conditioning pytree (or None), to be passed to the score
+    as `call_score(score_fn, x, t, cond)` for the whole batch.
+
+    Every sampler states `order`, its order of convergence (weak order for stochastic
+    samplers, None for an adaptive solve whose accuracy is set by tolerances) and
+    `evals_per_step`, its score evaluations per step (None where steps are adaptive);
+    the tests fit the order and count the evaluations against these.
     """
 
+    order: eqx.AbstractVar[Optional[int]]
+    evals_per_step: eqx.AbstractVar[Optional[int]]
+
     @abc.abstractmethod
-    def run(self, score_fn: ScoreFn, sde: AbstractSDE, keys: Array, x_T: Array,
+    def run(self, score_fn: ScoreFn, sde: AbstractSDE, keys: Array, x_T: Array, cond: PyTree,
             save_trajectory: bool) -> tuple[Array, Array, Optional[Array]]:
         """Integrate from x_T at t=T to t=eps; see the class docstring."""
 
 
-def tweedie_denoise(score_fn: ScoreFn, sde: AbstractSDE, x: Array, t) -> Array:
+def tweedie_denoise(score_fn: ScoreFn, sde: AbstractSDE, x: Array, t, cond: PyTree = None) -> Array:
     """E[x_0 | x_t = x] = (x + sigma_t^2 score(x, t)) / alpha_t (Tweedie's formula;
     Efron 2011). One score evaluation."""
-    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
-    s = score_fn(x, t)
-    return (x + _bcast(sde.sigma(t) ** 2, x) * s) / _bcast(sde.alpha(t), x)
+    tb = batch_time(t, x)
+    return x0_from_score(sde, x, tb, call_score(score_fn, x, tb, cond))
 
 
 def sample(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, x_T: Array, *,
-           denoise: bool = False, trajectory: bool = False) -> SampleResult:
+           cond: PyTree = None, denoise: bool = False, trajectory: bool = False) -> SampleResult:
     """Draw samples of p_eps by running `sampler` backwards from x_T ~ p_T.
 
     Args:
       sampler: any `AbstractSampler` (EulerMaruyama, ReverseSRK, ProbabilityFlowODE,
-        ODEEuler, ODEHeun, PredictorCorrector, EDMHeun, DPMSolverPP, DDIM).
-      score_fn: pure `score(x, t)`, x batch-first, t of shape (B,).
+        ODEEuler, ODEHeun, PredictorCorrector, EDMHeun, DPMSolverPP, DDIM, ...).
+      score_fn: pure `score(x, t)` (or `score(x, t, cond)` when cond is given), x
+        batch-first, t of shape (B,).
       sde: the forward SDE (its eps and T bound the integration).
       key: one PRNG key (split into one key per example) or B keys; the
         randomness of example i comes from its key only.
       x_T: (B, ...) initial noise, e.g. `sde.prior_sample(key, shape)`.
+      cond: conditioning, a pytree whose leaves all have a leading axis of B (labels
+        (B,), observations (B, ...), per-example guidance weights...), or None.
       denoise: finish with one Tweedie step x_0 = (x + sigma^2 score(x, eps)) / alpha
         at t = eps (one more NFE, counted) - removes the residual noise sigma(eps).
       trajectory: also return the intermediate states.
@@ -94,50 +111,14 @@ def sample(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, x
     x_T = jnp.asarray(x_T)
     check_float_data(x_T, "x_T")
     check_batched(x_T, "x_T")
-    out = jax.eval_shape(score_fn, x_T, jnp.full(x_T.shape[:1], sde.T, x_T.dtype))
+    check_cond(cond, x_T.shape[0])
+    out = jax.eval_shape(lambda x, t, c: call_score(score_fn, x, t, c), x_T,
+                         jnp.full(x_T.shape[:1], sde.T, x_T.dtype), cond)
     check_same_shape(out, x_T, "score_fn(x_T, t)", "x_T")
     keys = per_example_keys(key, x_T.shape[0])
-    x, nfe, traj = sampler.run(score_fn, sde, keys, x_T, bool(trajectory))
+    x, nfe, traj = sampler.run(score_fn, sde, keys, x_T, cond, bool(trajectory))
     nfe = jnp.asarray(nfe, jnp.int32)
     if denoise:
-        x = tweedie_denoise(score_fn, sde, x, sde.eps)
+        x = tweedie_denoise(score_fn, sde, x, sde.eps, cond)
         nfe = nfe + 1
     return SampleResult(x, nfe, traj if trajectory else None)
-
-
-# --- helpers shared by the samplers (private) ---------------------------------------
-def _tb(t, x):
-    """Time t (scalar) as a (B,) array in x's dtype, as score functions expect."""
-    return jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
-
-
-def _noise(keys: Array, x: Array, *idx) -> Array:
-    """Standard normal shaped like x; example b uses only keys[b] folded with idx."""
-
-    def one(k):
-        for i in idx:
-            k = jax.random.fold_in(k, i)
-        return jax.random.normal(k, x.shape[1:], x.dtype)
-
-    return jax.vmap(one)(keys)
-
-
-def _check_steps(n_steps, name="n_steps"):
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n_steps!r}.")
-
-
-def _scan_grid(step, x_T: Array, ts: Array, save_trajectory: bool):
-    """Run x_{i+1} = step(i, x_i, t_i, t_{i+1}) for i = 0..n-1 with lax.scan.
-
-    Returns (x_n, trajectory (n+1, B, ...) or None)."""
-    n = ts.shape[0] - 1
-
-    def body(x, inp):
-        i, t, t_next = inp
-        x = step(i, x, t, t_next)
-        return x, (x if save_trajectory else None)
-
-    x, ys = jax.lax.scan(body, x_T, (jnp.arange(n), ts[:-1], ts[1:]))
-    traj = jnp.concatenate([x_T[None], ys], 0) if save_trajectory else None
-    return x, traj

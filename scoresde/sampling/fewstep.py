@@ -21,16 +21,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.base import AbstractSampler, _check_steps, _noise, _scan_grid, _tb
+from scoresde._util import check_steps, normal_like, scan_grid
+from scoresde.sampling.base import AbstractSampler, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid
-
-Array = jax.Array
-
-
-def _x0(score_fn, sde, x, t):
-    """Data prediction D(x, t) = E[x_0 | x_t = x] = (x + sigma_t^2 score) / alpha_t."""
-    tb = _tb(t, x)
-    return (x + sde.sigma(t) ** 2 * score_fn(x, tb)) / sde.alpha(t)
 
 
 class EDMHeun(AbstractSampler):
@@ -56,11 +49,13 @@ class EDMHeun(AbstractSampler):
     s_min: float = 0.0
     s_max: float = float("inf")
     s_noise: float = 1.0
+    order = 2
+    evals_per_step = 2
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         ts = self.grid(sde, self.n_steps, x_T.dtype)
         sh_T = jnp.exp(-0.5 * sde.log_snr(ts[0]))
         gamma_max = min(self.s_churn / self.n_steps, math.sqrt(2.0) - 1.0) \
@@ -68,7 +63,7 @@ class EDMHeun(AbstractSampler):
             jnp.minimum(self.s_churn / self.n_steps, math.sqrt(2.0) - 1.0)
 
         def D_hat(xh, t):  # denoiser in scaled variables: D(alpha x_hat, t)
-            return _x0(score_fn, sde, sde.alpha(t) * xh, t)
+            return tweedie_denoise(score_fn, sde, sde.alpha(t) * xh, t, cond)
 
         def step(i, xh, t, t_next):
             sh = jnp.exp(-0.5 * sde.log_snr(t))
@@ -76,14 +71,14 @@ class EDMHeun(AbstractSampler):
             gamma = jnp.where((sh >= self.s_min) & (sh <= self.s_max), gamma_max, 0.0)
             sh_up = jnp.minimum(sh * (1.0 + gamma), sh_T)
             t_up = jnp.where(sh_up > sh, sde.t_from_log_snr(-2.0 * jnp.log(sh_up)), t)
-            xh_up = xh + jnp.sqrt(jnp.maximum(sh_up**2 - sh**2, 0.0)) * self.s_noise * _noise(keys, xh, i)
+            xh_up = xh + jnp.sqrt(jnp.maximum(sh_up**2 - sh**2, 0.0)) * self.s_noise * normal_like(keys, xh, i)
             d = (xh_up - D_hat(xh_up, t_up)) / sh_up
             x_eul = xh_up + (sh_next - sh_up) * d
             d2 = (x_eul - D_hat(x_eul, t_next)) / sh_next
             return xh_up + (sh_next - sh_up) * 0.5 * (d + d2)
 
         xh_T = x_T / sde.alpha(ts[0])
-        xh, traj = _scan_grid(step, xh_T, ts, save_trajectory)
+        xh, traj = scan_grid(step, xh_T, ts, save_trajectory)
         x = sde.alpha(ts[-1]) * xh
         if save_trajectory:
             traj = traj * sde.alpha(ts).reshape((-1,) + (1,) * x_T.ndim)
@@ -128,13 +123,14 @@ class DPMSolverPP(AbstractSampler):
     order: int = eqx.field(static=True, default=2)
     grid: AbstractTimeGrid = LogSNRGrid()
     lower_order_final: bool = eqx.field(static=True, default=True)
+    evals_per_step = 1
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
         if self.order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3 (DPM-Solver++ multistep), got {self.order!r}.")
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys
         n = self.n_steps
         ts = self.grid(sde, n, x_T.dtype)
@@ -144,7 +140,7 @@ class DPMSolverPP(AbstractSampler):
 
         def body(carry, i):
             x, m1, m2 = carry
-            m0 = _x0(score_fn, sde, x, ts[i])
+            m0 = tweedie_denoise(score_fn, sde, x, ts[i], cond)
             h = lam[i + 1] - lam[i]
             h0 = jnp.where(i >= 1, lam[i] - lam[jnp.maximum(i - 1, 0)], h)
             h1 = jnp.where(i >= 2, lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)], h)
@@ -183,9 +179,11 @@ class DDIM(AbstractSampler):
 
     n_steps: int = eqx.field(static=True)
     grid: AbstractTimeGrid = UniformTimeGrid()
+    order = 1
+    evals_per_step = 1
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
-        return DPMSolverPP(self.n_steps, 1, self.grid).run(score_fn, sde, keys, x_T, save_trajectory)
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
+        return DPMSolverPP(self.n_steps, 1, self.grid).run(score_fn, sde, keys, x_T, cond, save_trajectory)

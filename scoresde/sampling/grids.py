@@ -20,14 +20,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from scoresde._types import Array
+from scoresde._util import check_steps
 from scoresde.sde import AbstractSDE
-
-Array = jax.Array
-
-
-def _check_n(n_steps):
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}.")
 
 
 def _pin_ends(t, sde):
@@ -47,7 +42,7 @@ class UniformTimeGrid(AbstractTimeGrid):
     """t_i = T + (i / n) (eps - T), i = 0..n (Song et al. 2021)."""
 
     def __call__(self, sde, n_steps, dtype=jnp.float32):
-        _check_n(n_steps)
+        check_steps(n_steps)
         i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
         return _pin_ends(jnp.asarray(sde.T, dtype) + i * (jnp.asarray(sde.eps, dtype) - sde.T), sde)
 
@@ -58,7 +53,7 @@ class EDMGrid(AbstractTimeGrid):
     rho: float = 7.0
 
     def __call__(self, sde, n_steps, dtype=jnp.float32):
-        _check_n(n_steps)
+        check_steps(n_steps)
         T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
         sh_max = jnp.exp(-0.5 * sde.log_snr(T))
         sh_min = jnp.exp(-0.5 * sde.log_snr(eps))
@@ -72,7 +67,7 @@ class LogSNRGrid(AbstractTimeGrid):
     """Uniform in log-SNR: lambda_i = lambda(T) + (i / n) (lambda(eps) - lambda(T))."""
 
     def __call__(self, sde, n_steps, dtype=jnp.float32):
-        _check_n(n_steps)
+        check_steps(n_steps)
         T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
         l0, l1 = sde.log_snr(T), sde.log_snr(eps)
         i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps

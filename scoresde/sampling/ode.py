@@ -16,23 +16,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.base import AbstractSampler, _check_steps, _scan_grid, _tb
+from scoresde._util import (add_batch_axis, batch_time, bind_cond, call_score, check_steps,
+                            rk_evaluations, scan_grid)
+from scoresde.sampling.base import AbstractSampler
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
-
-Array = jax.Array
-
-
-def _rk_nfe(solver, num_steps):
-    """Vector-field evaluations of an explicit RK solve with `num_steps` attempted steps:
-    stages per step, minus the reused first stage of FSAL tableaus (plus one at start)."""
-    tab = getattr(solver, "tableau", None)
-    if tab is None or not hasattr(tab, "c"):
-        raise ValueError(f"solver must be an explicit Runge-Kutta diffrax solver (Tsit5, Dopri5, "
-                         f"Dopri8, Bosh3, Heun...), got {type(solver).__name__}.")
-    stages = len(tab.c) + 1
-    if getattr(tab, "fsal", False):
-        return 1 + (stages - 1) * num_steps
-    return stages * num_steps
 
 
 class ProbabilityFlowODE(AbstractSampler):
@@ -51,28 +38,37 @@ class ProbabilityFlowODE(AbstractSampler):
     atol: float = 1e-5
     max_steps: int = eqx.field(static=True, default=4096)
     n_save: int = eqx.field(static=True, default=11)
+    evals_per_step = None  # adaptive: the controller decides
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def __check_init__(self):
+        rk_evaluations(self.solver, 0)  # fail early on a solver whose cost cannot be counted
+
+    @property
+    def order(self):
+        return self.solver.order(None)
+
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys  # deterministic
         T = jnp.asarray(sde.T, x_T.dtype)
         eps = jnp.asarray(sde.eps, x_T.dtype)
 
-        def vf(t, y, args):
-            return sde.ode_drift(score_fn, y[None], t[None])[0]
+        def vf(t, y, c):
+            return sde.ode_drift(lambda x, tt: call_score(score_fn, x, tt, c), y[None], t[None])[0]
 
         saveat = (diffrax.SaveAt(ts=jnp.linspace(T, eps, self.n_save)) if save_trajectory
                   else diffrax.SaveAt(t1=True))
 
-        def one(y0):
+        def one(y0, c):
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(vf), self.solver, T, eps, dt0=None, y0=y0, saveat=saveat,
+                diffrax.ODETerm(vf), self.solver, T, eps, dt0=None, y0=y0, args=add_batch_axis(c),
+                saveat=saveat,
                 stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
                 max_steps=self.max_steps, adjoint=diffrax.DirectAdjoint(), throw=False)
             return sol.ys, sol.stats["num_steps"]
 
-        ys, steps = jax.vmap(one)(x_T)
+        ys, steps = jax.vmap(one)(x_T, cond)
         ys = jnp.swapaxes(ys, 0, 1)
-        return ys[-1], _rk_nfe(self.solver, jnp.max(steps)), (ys if save_trajectory else None)
+        return ys[-1], rk_evaluations(self.solver, jnp.max(steps)), (ys if save_trajectory else None)
 
 
 class ODEEuler(AbstractSampler):
@@ -85,18 +81,21 @@ class ODEEuler(AbstractSampler):
 
     n_steps: int = eqx.field(static=True)
     grid: AbstractTimeGrid = UniformTimeGrid()
+    order = 1
+    evals_per_step = 1
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys
         ts = self.grid(sde, self.n_steps, x_T.dtype)
+        score = bind_cond(score_fn, cond)
 
         def step(i, x, t, t_next):
-            return x + (t_next - t) * sde.ode_drift(score_fn, x, _tb(t, x))
+            return x + (t_next - t) * sde.ode_drift(score, x, batch_time(t, x))
 
-        x, traj = _scan_grid(step, x_T, ts, save_trajectory)
+        x, traj = scan_grid(step, x_T, ts, save_trajectory)
         return x, jnp.asarray(self.n_steps), traj
 
 
@@ -112,19 +111,22 @@ class ODEHeun(AbstractSampler):
 
     n_steps: int = eqx.field(static=True)
     grid: AbstractTimeGrid = UniformTimeGrid()
+    order = 2
+    evals_per_step = 2
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys
         ts = self.grid(sde, self.n_steps, x_T.dtype)
+        score = bind_cond(score_fn, cond)
 
         def step(i, x, t, t_next):
             h = t_next - t
-            k1 = sde.ode_drift(score_fn, x, _tb(t, x))
-            k2 = sde.ode_drift(score_fn, x + h * k1, _tb(t_next, x))
+            k1 = sde.ode_drift(score, x, batch_time(t, x))
+            k2 = sde.ode_drift(score, x + h * k1, batch_time(t_next, x))
             return x + 0.5 * h * (k1 + k2)
 
-        x, traj = _scan_grid(step, x_T, ts, save_trajectory)
+        x, traj = scan_grid(step, x_T, ts, save_trajectory)
         return x, jnp.asarray(2 * self.n_steps), traj

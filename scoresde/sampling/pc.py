@@ -12,7 +12,6 @@ sampler here works for VP, sub-VP and VE alike (the original code needs discrete
 DDPM alphas and therefore crashes on sub-VP).
 """
 
-from __future__ import annotations
 
 import abc
 
@@ -20,15 +19,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.sampling.base import AbstractSampler, _check_steps, _noise, _scan_grid, _tb
+from scoresde._util import batch_time, bcast, bind_cond, check_steps, normal_like, scan_grid
+from scoresde.parameterization import x0_from_score
+from scoresde.sampling.base import AbstractSampler
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
-from scoresde.sde import _bcast
-
-Array = jax.Array
 
 
 class AbstractPredictor(eqx.Module):
-    """One step of the reverse process from t to t_next < t (one score evaluation)."""
+    """One step of the reverse process from t to t_next < t, costing `n_evals` score
+    evaluations (`score_fn(x, t)` is the batch's score, conditioning already bound)."""
+
+    n_evals: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
@@ -36,24 +37,25 @@ class AbstractPredictor(eqx.Module):
 
 
 class AbstractCorrector(eqx.Module):
-    """MCMC steps that leave p_t (approximately) invariant, at fixed t."""
+    """MCMC steps that leave p_t (approximately) invariant, at fixed t, costing `n_evals`
+    score evaluations per call of `step`."""
+
+    n_evals: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         """Return x after the corrector's steps at time t (t_next sets its step size)."""
 
-    @abc.abstractmethod
-    def n_evals(self) -> int:
-        """Score evaluations per call of `step`."""
-
 
 class EulerMaruyamaPredictor(AbstractPredictor):
     """x' = x - h [f x - g^2 score](t) + g(t) sqrt(h) z,  h = t - t_next."""
 
+    n_evals = 1
+
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         h = t - t_next
-        drift = sde.reverse_drift(score_fn, x, _tb(t, x))
-        return x - h * drift + jnp.sqrt(sde.g2(t) * h) * _noise(keys, x, *idx)
+        drift = sde.reverse_drift(score_fn, x, batch_time(t, x))
+        return x - h * drift + jnp.sqrt(sde.g2(t) * h) * normal_like(keys, x, *idx)
 
 
 class ReverseDiffusionPredictor(AbstractPredictor):
@@ -61,10 +63,12 @@ class ReverseDiffusionPredictor(AbstractPredictor):
     eq. 46, `sde.discretize`): x_s = x_t - F + G^2 score(x_t, t) + G z, i.e.
     x_s = (2 - a) x_t + (sigma_t^2 - a^2 sigma_s^2) score + G z, a = alpha_t / alpha_s."""
 
+    n_evals = 1
+
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         F, G = sde.discretize(x, t, t - t_next)
-        s = score_fn(x, _tb(t, x))
-        return x - F + G**2 * s + G * _noise(keys, x, *idx)
+        s = score_fn(x, batch_time(t, x))
+        return x - F + G**2 * s + G * normal_like(keys, x, *idx)
 
 
 class AncestralPredictor(AbstractPredictor):
@@ -78,19 +82,23 @@ class AncestralPredictor(AbstractPredictor):
     grid this is DDPM's sampler with the posterior variance beta_tilde.
     """
 
+    n_evals = 1
+
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
-        tb = _tb(t, x)
+        tb = batch_time(t, x)
         a, v = sde.transition(t_next, t)
-        at, st = sde.alpha(t), sde.sigma(t)
+        st = sde.sigma(t)
         as_, ss = sde.alpha(t_next), sde.sigma(t_next)
-        x0 = (x + st**2 * score_fn(x, tb)) / at
+        x0 = x0_from_score(sde, x, t, score_fn(x, tb))
         mean = (as_ * v / st**2) * x0 + (a * ss**2 / st**2) * x
         std = jnp.sqrt(jnp.maximum(v, 0.0)) * ss / st
-        return mean + std * _noise(keys, x, *idx)
+        return mean + std * normal_like(keys, x, *idx)
 
 
 class NonePredictor(AbstractPredictor):
     """No predictor: x stays put (corrector-only sampling, Song et al. 2021 'C' rows)."""
+
+    n_evals = 0
 
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         return x
@@ -122,29 +130,29 @@ class LangevinCorrector(AbstractCorrector):
     norm_ratio: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        if not isinstance(self.n_steps, int) or self.n_steps < 0:
-            raise ValueError(f"n_steps must be an integer >= 0, got {self.n_steps!r}.")
+        check_steps(self.n_steps, minimum=0)
 
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         a, _ = sde.transition(t_next, t)
         alpha_i = a**2
-        tb = _tb(t, x)
+        tb = batch_time(t, x)
 
         def norm(u):
             return jnp.sqrt(jnp.sum(u.reshape(u.shape[0], -1) ** 2, axis=-1))
 
         def body(j, x):
             g = score_fn(x, tb)
-            z = _noise(keys, x, *idx, j)
+            z = normal_like(keys, x, *idx, j)
             if self.norm_ratio:
                 e = 2.0 * alpha_i * (self.snr * norm(z) / jnp.maximum(norm(g), 1e-20)) ** 2
-                e = _bcast(e, x)
+                e = bcast(e, x)
             else:
                 e = 2.0 * alpha_i * (self.snr * sde.sigma(t)) ** 2
             return x + e * g + jnp.sqrt(2.0 * e) * z
 
         return jax.lax.fori_loop(0, self.n_steps, body, x)
 
+    @property
     def n_evals(self):
         return self.n_steps
 
@@ -152,11 +160,10 @@ class LangevinCorrector(AbstractCorrector):
 class NoneCorrector(AbstractCorrector):
     """No corrector."""
 
+    n_evals = 0
+
     def step(self, score_fn, sde, keys, x, t, t_next, idx):
         return x
-
-    def n_evals(self):
-        return 0
 
 
 class PredictorCorrector(AbstractSampler):
@@ -164,24 +171,29 @@ class PredictorCorrector(AbstractSampler):
 
         for i = 0..n-1:  x <- corrector(x, t_i);  x <- predictor(x, t_i -> t_{i+1}).
 
-    NFE = n_steps * (1 [predictor, 0 for NonePredictor] + corrector.n_evals()).
+    NFE = n_steps * (predictor.n_evals + corrector.n_evals).
     """
 
     n_steps: int = eqx.field(static=True)
     predictor: AbstractPredictor = ReverseDiffusionPredictor()
     corrector: AbstractCorrector = LangevinCorrector()
     grid: AbstractTimeGrid = UniformTimeGrid()
+    order = 1
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    @property
+    def evals_per_step(self):
+        return self.predictor.n_evals + self.corrector.n_evals
+
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         ts = self.grid(sde, self.n_steps, x_T.dtype)
+        score = bind_cond(score_fn, cond)
 
         def step(i, x, t, t_next):
-            x = self.corrector.step(score_fn, sde, keys, x, t, t_next, (i, 1))
-            return self.predictor.step(score_fn, sde, keys, x, t, t_next, (i, 0))
+            x = self.corrector.step(score, sde, keys, x, t, t_next, (i, 1))
+            return self.predictor.step(score, sde, keys, x, t, t_next, (i, 0))
 
-        x, traj = _scan_grid(step, x_T, ts, save_trajectory)
-        per = (0 if isinstance(self.predictor, NonePredictor) else 1) + self.corrector.n_evals()
-        return x, jnp.asarray(self.n_steps * per), traj
+        x, traj = scan_grid(step, x_T, ts, save_trajectory)
+        return x, jnp.asarray(self.n_steps * self.evals_per_step), traj

@@ -24,27 +24,14 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 
-from scoresde.sampling.base import AbstractSampler, _check_steps, _noise, _scan_grid, _tb
+from scoresde._types import Array
+from scoresde._util import (add_batch_axis, batch_time, bind_cond, call_score, check_steps,
+                            normal_like, rk_evaluations, scan_grid)
+from scoresde.sampling.base import AbstractSampler
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
-from scoresde.sde import _bcast
-
-Array = jax.Array
 
 
-def _n_stages(solver) -> int:
-    """Drift (= score) evaluations per step of a diffrax solver."""
-    tab = getattr(solver, "tableau", None)
-    if tab is not None and hasattr(tab, "c"):
-        return len(tab.c) + 1
-    if isinstance(solver, (diffrax.Euler,)):
-        return 1
-    if isinstance(solver, (diffrax.Heun, diffrax.EulerHeun)):
-        return 2
-    raise ValueError(f"cannot count the score evaluations of solver {type(solver).__name__}; "
-                     "use diffrax.Euler, ShARK, SRA1, SEA or another tableau-based SRK.")
-
-
-def _reverse_sde_forward_time(score_fn, sde, solver, ts, keys, x_T, save_trajectory,
+def _reverse_sde_forward_time(score_fn, sde, solver, ts, keys, x_T, cond, save_trajectory,
                               brownian_tol, levy_area):
     """Solve the reverse SDE per example in forward time s = T - t on the grid ts (t).
 
@@ -56,15 +43,15 @@ def _reverse_sde_forward_time(score_fn, sde, solver, ts, keys, x_T, save_traject
     ss = (T - ts).astype(x_T.dtype)  # increasing, s_0 = 0, s_n = T - eps
     shape = jax.ShapeDtypeStruct(x_T.shape[1:], x_T.dtype)
 
-    def drift(s, y, args):
+    def drift(s, y, c):
         t = T - s
-        return -sde.reverse_drift(score_fn, y[None], t[None])[0]
+        return -sde.reverse_drift(lambda x, tt: call_score(score_fn, x, tt, c), y[None], t[None])[0]
 
     def diffusion(s, y, args):
         g = jnp.sqrt(sde.g2(T - s)).astype(y.dtype)
         return lx.DiagonalLinearOperator(jnp.full(y.shape, g, y.dtype))
 
-    def one(key, y0):
+    def one(key, y0, c):
         if brownian_tol is None:
             bm = diffrax.UnsafeBrownianPath(shape=shape, key=key, levy_area=levy_area)
         else:
@@ -72,19 +59,19 @@ def _reverse_sde_forward_time(score_fn, sde, solver, ts, keys, x_T, save_traject
                                              key=key, levy_area=levy_area)
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
         saveat = diffrax.SaveAt(ts=ss) if save_trajectory else diffrax.SaveAt(t1=True)
-        sol = diffeqsolve_fixed(terms, solver, ss, y0, saveat)
+        sol = diffeqsolve_fixed(terms, solver, ss, y0, saveat, add_batch_axis(c))
         return sol.ys, sol.stats["num_steps"]
 
-    ys, steps = jax.vmap(one)(keys, x_T)
+    ys, steps = jax.vmap(one)(keys, x_T, cond)
     ys = jnp.swapaxes(ys, 0, 1)  # (n_saved, B, ...)
     traj = ys if save_trajectory else None
-    return ys[-1], jnp.max(steps) * _n_stages(solver), traj
+    return ys[-1], rk_evaluations(solver, jnp.max(steps)), traj
 
 
-def diffeqsolve_fixed(terms, solver, ts, y0, saveat):
+def diffeqsolve_fixed(terms, solver, ts, y0, saveat, args=None):
     """diffrax.diffeqsolve on the fixed grid ts (StepTo), no adjoint bookkeeping."""
     return diffrax.diffeqsolve(
-        terms, solver, ts[0], ts[-1], dt0=None, y0=y0, saveat=saveat,
+        terms, solver, ts[0], ts[-1], dt0=None, y0=y0, args=args, saveat=saveat,
         stepsize_controller=diffrax.StepTo(ts=ts), max_steps=ts.shape[0] - 1,
         adjoint=diffrax.DirectAdjoint(), throw=False)
 
@@ -110,27 +97,29 @@ class EulerMaruyama(AbstractSampler):
     grid: AbstractTimeGrid = UniformTimeGrid()
     use_diffrax: bool = eqx.field(static=True, default=False)
     brownian_tol: Optional[float] = eqx.field(static=True, default=None)
+    order = 1  # strong (and weak) order: the noise of the reverse SDE is additive
+    evals_per_step = 1
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         ts = self.grid(sde, self.n_steps, x_T.dtype)
         if self.use_diffrax:
             # With a VirtualBrownianTree, build it with the Levy area ReverseSRK uses: the
             # levy_area setting changes the path, and one key should mean one path.
             levy = diffrax.BrownianIncrement if self.brownian_tol is None else diffrax.SpaceTimeLevyArea
-            return _reverse_sde_forward_time(score_fn, sde, diffrax.Euler(), ts, keys, x_T,
+            return _reverse_sde_forward_time(score_fn, sde, diffrax.Euler(), ts, keys, x_T, cond,
                                              save_trajectory, self.brownian_tol, levy)
+        score = bind_cond(score_fn, cond)
 
         def step(i, x, t, t_next):
             h = t - t_next
-            tb = _tb(t, x)
-            drift = sde.reverse_drift(score_fn, x, tb)
+            drift = sde.reverse_drift(score, x, batch_time(t, x))
             g = jnp.sqrt(sde.g2(t) * h)
-            return x - h * drift + g * _noise(keys, x, i)
+            return x - h * drift + g * normal_like(keys, x, i)
 
-        x, traj = _scan_grid(step, x_T, ts, save_trajectory)
+        x, traj = scan_grid(step, x_T, ts, save_trajectory)
         return x, jnp.asarray(self.n_steps), traj
 
 
@@ -156,10 +145,20 @@ class ReverseSRK(AbstractSampler):
     brownian_tol: Optional[float] = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        _check_steps(self.n_steps)
+        check_steps(self.n_steps)
+        rk_evaluations(self.solver, 1)  # fail early on a solver whose cost cannot be counted
 
-    def run(self, score_fn, sde, keys, x_T, save_trajectory):
+    @property
+    def order(self):
+        """Strong order for this additive-noise SDE (1.5 for ShARK and SRA1, 1 for SEA)."""
+        return self.solver.strong_order(None)
+
+    @property
+    def evals_per_step(self):
+        return rk_evaluations(self.solver, 1)
+
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         ts = self.grid(sde, self.n_steps, x_T.dtype)
-        return _reverse_sde_forward_time(score_fn, sde, self.solver, ts, keys, x_T,
+        return _reverse_sde_forward_time(score_fn, sde, self.solver, ts, keys, x_T, cond,
                                          save_trajectory, self.brownian_tol,
                                          diffrax.SpaceTimeLevyArea)
