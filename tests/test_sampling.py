@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from jax import enable_x64
 
+from helpers import check_law
 from scoresde import GaussianMixture, SubVPSDE, VESDE, VPSDE
 from scoresde.sampling import (
     DDIM, AncestralPredictor, DPMSolverPP, EDMGrid, EDMHeun, EulerMaruyama,
@@ -34,25 +35,6 @@ def mixture():
 
 
 _run = eqx.filter_jit(lambda smp, sf, sde, key, x: sample(smp, sf, sde, key, x))
-
-
-def _check_law(gm, sde, x, t_end):
-    """Mean and variance within 4 SE; component weights within 3 SE of the exact law p_eps."""
-    x = np.asarray(x, np.float64)
-    assert np.all(np.isfinite(x))
-    n = x.shape[0]
-    mean_true = np.asarray(gm.mean(t_end, sde))
-    var_true = np.diag(np.asarray(gm.covariance(t_end, sde)))
-    m = x.mean(0)
-    d2 = (x - m) ** 2
-    se_m = np.sqrt(d2.mean(0) / n)
-    se_v = np.sqrt(d2.var(0) / n)
-    assert np.all(np.abs(m - mean_true) < 4 * se_m), (m, mean_true, se_m)
-    assert np.all(np.abs(d2.mean(0) - var_true) < 4 * se_v), (d2.mean(0), var_true, se_v)
-    r = np.asarray(gm.posterior_weights(jnp.asarray(x, jnp.float32), jnp.float32(t_end), sde))
-    w_hat = r.mean(0)
-    w = np.asarray(gm.weights)
-    assert np.all(np.abs(w_hat - w) < 3 * np.sqrt(w * (1 - w) / n)), (w_hat, w)
 
 
 CONVERGED = {
@@ -81,7 +63,7 @@ def test_sampler_draws_exact_mixture_law_vp(name):
     gm = mixture()
     x_T = sde.prior_sample(jax.random.key(0), (B, 2))
     res = _run(CONVERGED[name], gm.score_fn(sde), sde, jax.random.key(1), x_T)
-    _check_law(gm, sde, res.samples, sde.eps)
+    check_law(gm, sde, res.samples, sde.eps)
 
 
 @pytest.mark.parametrize("sde", [SubVPSDE(), VESDE()], ids=["subvp", "ve"])
@@ -93,7 +75,7 @@ def test_subvp_and_ve(sde, smp):
     gm = mixture()
     x_T = sde.prior_sample(jax.random.key(2), (B, 2))
     res = _run(smp, gm.score_fn(sde), sde, jax.random.key(3), x_T)
-    _check_law(gm, sde, res.samples, sde.eps)
+    check_law(gm, sde, res.samples, sde.eps)
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
