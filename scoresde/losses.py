@@ -199,3 +199,8 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
     per = w * weighting.over_sigma2(t, sde) * per
     loss = jnp.mean(per) if reduction == "mean" else jnp.sum(per)
     return loss, per
+
+
+__all__ = ["AbstractWeighting", "SimpleWeighting", "LikelihoodWeighting", "EDMWeighting", "AbstractTimeSampler",
+           "UniformTime", "AntitheticTime", "StratifiedTime", "DiscreteTime", "LikelihoodImportanceTime",
+           "LogNormalTime", "dsm_loss"]

@@ -213,3 +213,8 @@ def denoiser_from_score(score_fn: Callable, sde: AbstractSDE) -> Callable:
         return x0_from_score(sde, x, t, score_fn(x, t, *cond))
 
     return denoise
+
+
+__all__ = ["x0_from_score", "score_from_x0", "to_eps", "from_eps", "convert", "AbstractParameterization",
+           "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPreconditioning",
+           "score_fn_from_network", "denoiser_from_score"]

@@ -387,3 +387,6 @@ class VESDE(AbstractSDE):
     @property
     def prior_std(self):
         return self.sigma_max
+
+
+__all__ = ["AbstractSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE"]
