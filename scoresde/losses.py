@@ -18,35 +18,43 @@ Weightings (`__call__(t, sde) -> lambda(t)`):
                        EDM's lambda(sigma) || D - x_0 ||^2 (Karras et al. 2022) in score units.
 
 Time samplers (`__call__(key, n, sde) -> (t, w)`):
-  UniformTime, AntitheticTime (u_i = u_0 + i/n mod 1; Kingma et al. 2021), StratifiedTime
-  (u_i in [i/n, (i+1)/n)), LikelihoodImportanceTime (lambda = log-SNR uniform; since
-  g^2/sigma^2 = -d lambda/dt for every SDE here, q(t) ~ g^2/sigma^2 and w lambda/sigma^2 =
-  const for the likelihood weighting: Song et al. 2021's variance reduction), DiscreteTime
-  (uniform over an N-point grid: DDPM's discrete chain), LogNormalTime (EDM).
+  unit samplers (`unit(key, n) -> u in [0, 1]`, t = eps + (T - eps) u): UniformTime,
+  AntitheticTime (u_i = u_0 + i/n mod 1; Kingma et al. 2021), StratifiedTime
+  (u_i in [i/n, (i+1)/n)), DiscreteTime (uniform over an N-point grid: DDPM's discrete chain);
+  LikelihoodImportanceTime(base=...) (lambda = log-SNR uniform, driven by a unit sampler's
+  variates; since g^2/sigma^2 = -d lambda/dt for every SDE here, q(t) ~ g^2/sigma^2 and
+  w lambda/sigma^2 = const for the likelihood weighting: Song et al. 2021's variance
+  reduction); LogNormalTime (EDM).
 """
 
 from __future__ import annotations
+
+import abc
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from scoresde._checks import check_batched, check_float_data, check_same_shape, check_time
-from scoresde._util import bcast
+from scoresde._types import Array
+from scoresde._util import bcast, call_score
 from scoresde.sde import AbstractSDE
-
-Array = jax.Array
 
 
 # --- weightings ----------------------------------------------------------------------
 class AbstractWeighting(eqx.Module):
-    """lambda(t) of the DSM objective; `over_sigma2` gives lambda / sigma^2 stably."""
+    """lambda(t) of the DSM objective; `over_sigma2` gives lambda / sigma^2 stably.
+
+    A final weighting implements `over_sigma2` only; lambda(t) itself is
+    `over_sigma2(t) * sigma(t)^2`, written once here.
+    """
+
+    @abc.abstractmethod
+    def over_sigma2(self, t, sde: AbstractSDE) -> Array:
+        """lambda(t) / sigma(t)^2, the factor `dsm_loss` multiplies || sigma s + z ||^2 by."""
 
     def __call__(self, t, sde: AbstractSDE) -> Array:
         return self.over_sigma2(t, sde) * sde.sigma(t) ** 2
-
-    def over_sigma2(self, t, sde: AbstractSDE) -> Array:
-        raise NotImplementedError
 
 
 class SimpleWeighting(AbstractWeighting):
@@ -80,31 +88,47 @@ class EDMWeighting(AbstractWeighting):
 
 # --- time samplers ---------------------------------------------------------------------
 class AbstractTimeSampler(eqx.Module):
-    """Draws n times in [eps, T] and importance weights w = 1 / ((T - eps) q(t))."""
+    """Draws n times in [eps, T] and importance weights w = 1 / ((T - eps) q(t)), with q
+    the density the times are drawn from (w = 1 for uniform times)."""
 
-    def __call__(self, key, n: int, sde: AbstractSDE) -> tuple[Array, Array]:
+    @abc.abstractmethod
+    def __call__(self, key: Array, n: int, sde: AbstractSDE) -> tuple[Array, Array]:
+        """(t, w), each of shape (n,)."""
+
+
+class AbstractUnitSampler(AbstractTimeSampler):
+    """A time sampler made of n variates u in [0, 1] that are each uniform (or, for
+    `DiscreteTime`, uniform over a grid), mapped to t = eps + (T - eps) u with w = 1.
+
+    The variates themselves (`unit`) are what composed samplers transform, the way optax
+    chains transformations: `LikelihoodImportanceTime(base=AntitheticTime())` spreads
+    its importance-sampled times by the base's low-discrepancy variates.
+    """
+
+    @abc.abstractmethod
+    def unit(self, key: Array, n: int) -> Array:
+        """n variates in [0, 1], shape (n,)."""
+
+    def __call__(self, key, n, sde):
         u = self.unit(key, n)
         return sde.eps + (sde.T - sde.eps) * u, jnp.ones((n,))
 
-    def unit(self, key, n: int) -> Array:
-        raise NotImplementedError
 
-
-class UniformTime(AbstractTimeSampler):
+class UniformTime(AbstractUnitSampler):
     """t ~ U[eps, T] independently per example."""
 
     def unit(self, key, n):
         return jax.random.uniform(key, (n,))
 
 
-class AntitheticTime(AbstractTimeSampler):
+class AntitheticTime(AbstractUnitSampler):
     """Low-discrepancy times u_i = (u_0 + i/n) mod 1 (Kingma et al. 2021, VDM)."""
 
     def unit(self, key, n):
         return jnp.mod(jax.random.uniform(key, ()) + jnp.arange(n) / n, 1.0)
 
 
-class StratifiedTime(AbstractTimeSampler):
+class StratifiedTime(AbstractUnitSampler):
     """One time per stratum: u_i ~ U[i/n, (i+1)/n), then shuffled over the batch."""
 
     def unit(self, key, n):
@@ -113,7 +137,7 @@ class StratifiedTime(AbstractTimeSampler):
         return jax.random.permutation(k2, u)
 
 
-class DiscreteTime(AbstractTimeSampler):
+class DiscreteTime(AbstractUnitSampler):
     """t uniform over the grid t_i = eps + (T - eps) i / (N - 1), i = 0..N-1.
 
     With `SimpleWeighting` and an eps-network this is DDPM's discrete L_simple with
@@ -130,15 +154,33 @@ class DiscreteTime(AbstractTimeSampler):
 class LikelihoodImportanceTime(AbstractTimeSampler):
     """q(t) proportional to g^2/sigma^2 = -d lambda/dt: log-SNR uniform on [lambda(T), lambda(eps)].
 
-    w(t) = Z / ((T - eps) g^2/sigma^2) with Z = lambda(eps) - lambda(T), so the likelihood
-    weighting's integrand becomes Z / (T - eps) || sigma s + z ||^2 (Song et al. 2021, Sec. 5).
-    `stratified` spreads the uniform variates over the batch.
+    lambda = lambda(eps) + u (lambda(T) - lambda(eps)) for the base sampler's variates u,
+    t = lambda^{-1}, and w(t) = Z / ((T - eps) g^2/sigma^2) with Z = lambda(eps) - lambda(T),
+    so the likelihood weighting's integrand becomes Z / (T - eps) || sigma s + z ||^2
+    (Song et al. 2021, Sec. 5).
+
+    Args:
+      base: the variates u (default `StratifiedTime()`, one per stratum of the batch;
+        `UniformTime()` for independent times, `AntitheticTime()` for VDM's).
+      stratified: shorthand kept from before `base` existed: True is
+        `base=StratifiedTime()`, False is `base=UniformTime()`. Give one of the two.
     """
 
-    stratified: bool = eqx.field(static=True, default=True)
+    base: AbstractUnitSampler
+
+    def __init__(self, base: AbstractUnitSampler | None = None, *, stratified: bool | None = None):
+        if base is not None and stratified is not None:
+            raise ValueError(f"give base or stratified, not both (got base={base!r}, "
+                             f"stratified={stratified!r}); stratified=True is base=StratifiedTime().")
+        if base is None:
+            base = UniformTime() if stratified is False else StratifiedTime()
+        if not isinstance(base, AbstractUnitSampler):
+            raise TypeError(f"base must be an AbstractUnitSampler (UniformTime, AntitheticTime, "
+                            f"StratifiedTime, DiscreteTime), got {type(base).__name__}.")
+        self.base = base
 
     def __call__(self, key, n, sde):
-        u = StratifiedTime().unit(key, n) if self.stratified else UniformTime().unit(key, n)
+        u = self.base.unit(key, n)
         lam_hi, lam_lo = sde.log_snr(sde.eps), sde.log_snr(sde.T)
         t = sde.t_from_log_snr(lam_hi + u * (lam_lo - lam_hi))
         t = jnp.clip(t, sde.eps, sde.T)
@@ -191,7 +233,7 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
         w = jnp.ones((n,), x0.dtype)
     t = t.astype(x0.dtype)
     xt, z = sde.sample_marginal(kz, x0, t)
-    s = score_fn(xt, t) if labels is None else score_fn(xt, t, labels)
+    s = call_score(score_fn, xt, t, labels)
     check_same_shape(s, x0, "score_fn(x_t, t)", "x0")
     resid = bcast(sde.sigma(t), x0) * s + z
     sq = resid.reshape(n, -1) ** 2
@@ -202,5 +244,5 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
 
 
 __all__ = ["AbstractWeighting", "SimpleWeighting", "LikelihoodWeighting", "EDMWeighting", "AbstractTimeSampler",
-           "UniformTime", "AntitheticTime", "StratifiedTime", "DiscreteTime", "LikelihoodImportanceTime",
-           "LogNormalTime", "dsm_loss"]
+           "AbstractUnitSampler", "UniformTime", "AntitheticTime", "StratifiedTime", "DiscreteTime",
+           "LikelihoodImportanceTime", "LogNormalTime", "dsm_loss"]

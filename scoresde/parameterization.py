@@ -26,8 +26,8 @@ with sd = sigma_data and D the x0 prediction.
 `score(x, t, *cond)`; samplers, losses and guidance only see that function.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: equinox reads `kind: eqx.AbstractClassVar[str]`
+# from the evaluated annotation (a string annotation would make `kind` a dataclass field).
 import abc
 from typing import Callable, ClassVar
 
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from scoresde._types import Array
-from scoresde._util import bcast
+from scoresde._util import batch_time, bcast
 from scoresde.sde import AbstractSDE
 
 
@@ -115,24 +115,33 @@ class AbstractParameterization(eqx.Module):
     """How a raw network output (and its inputs) relate to the score.
 
     `network_inputs` maps (x_t, t) to what the network is fed; `to_score` maps its
-    output back to grad log p_t(x_t).
+    output back to grad log p_t(x_t) and `denoise` to E[x_0 | x_t] (the two are tied by
+    Tweedie's formula, `x0_from_score`). All three are abstract: each final class states
+    them once (equinox's abstract / final pattern, no concrete method is overridden).
     """
 
+    @abc.abstractmethod
     def network_inputs(self, x: Array, t: Array, sde: AbstractSDE) -> tuple[Array, Array]:
-        """(x_in, t_in) fed to the network; identity by default."""
-        return x, t
+        """(x_in, t_in) fed to the network at (x, t)."""
 
     @abc.abstractmethod
     def to_score(self, out: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
         """Score implied by the network output `out` at (x, t)."""
 
+    @abc.abstractmethod
     def denoise(self, out: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
-        """E[x_0 | x_t] implied by the network output (Tweedie's formula)."""
-        return convert(self.to_score(out, x, t, sde), frm="score", to="x0", x=x, t=t, sde=sde)
+        """E[x_0 | x_t = x] implied by the network output `out`."""
 
 
-class _Named(AbstractParameterization):
+class AbstractTargetPrediction(AbstractParameterization):
+    """The network sees (x_t, t) unchanged and predicts one of the targets of the module
+    docstring, named by the class variable `kind` ('eps', 'score', 'x0' or 'v'); score and
+    denoiser follow by `convert`."""
+
     kind: eqx.AbstractClassVar[str]
+
+    def network_inputs(self, x, t, sde):
+        return x, t
 
     def to_score(self, out, x, t, sde):
         return convert(out, frm=self.kind, to="score", x=x, t=t, sde=sde)
@@ -141,22 +150,22 @@ class _Named(AbstractParameterization):
         return convert(out, frm=self.kind, to="x0", x=x, t=t, sde=sde)
 
 
-class EpsPrediction(_Named):
+class EpsPrediction(AbstractTargetPrediction):
     """The network predicts the noise eps (DDPM, Ho et al. 2020): score = -eps/sigma."""
     kind: ClassVar[str] = "eps"
 
 
-class ScorePrediction(_Named):
+class ScorePrediction(AbstractTargetPrediction):
     """The network predicts the score directly (NCSN, Song & Ermon 2019)."""
     kind: ClassVar[str] = "score"
 
 
-class X0Prediction(_Named):
+class X0Prediction(AbstractTargetPrediction):
     """The network predicts E[x_0 | x_t]: score = -(x - alpha x0) / sigma^2."""
     kind: ClassVar[str] = "x0"
 
 
-class VPrediction(_Named):
+class VPrediction(AbstractTargetPrediction):
     """The network predicts v = alpha eps - sigma x0 (Salimans & Ho 2022)."""
     kind: ClassVar[str] = "v"
 
@@ -185,8 +194,7 @@ class EDMPreconditioning(AbstractParameterization):
         return bcast(c_skip / sde.alpha(t), x) * x + bcast(c_out, x) * out
 
     def to_score(self, out, x, t, sde):
-        return convert(self.denoise(out, x, t, sde), frm="x0", to="score", x=x, t=t, sde=sde)
-
+        return score_from_x0(sde, x, t, self.denoise(out, x, t, sde))
 
 
 def score_fn_from_network(net: Callable, sde: AbstractSDE,
@@ -199,7 +207,7 @@ def score_fn_from_network(net: Callable, sde: AbstractSDE,
     """
 
     def score(x, t, *cond):
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        t = batch_time(t, x)
         x_in, t_in = parameterization.network_inputs(x, t, sde)
         return parameterization.to_score(net(x_in, t_in, *cond), x, t, sde)
 
@@ -216,5 +224,6 @@ def denoiser_from_score(score_fn: Callable, sde: AbstractSDE) -> Callable:
 
 
 __all__ = ["x0_from_score", "score_from_x0", "to_eps", "from_eps", "convert", "AbstractParameterization",
+           "AbstractTargetPrediction",
            "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPreconditioning",
            "score_fn_from_network", "denoiser_from_score"]

@@ -22,8 +22,8 @@ SDEs are immutable pytrees (equinox Modules): they pass through jit, vmap and pm
 as ordinary arguments. Arguments are validated when an SDE is built.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: equinox reads `eqx.AbstractVar[...]` from the
+# evaluated annotation (as a string it would become a dataclass field of the abstract class).
 import abc
 import math
 
@@ -40,8 +40,11 @@ from scoresde._util import bcast
 class AbstractSDE(eqx.Module):
     """Interface of a linear forward SDE dx = f(t) x dt + g(t) dW on [eps, T].
 
-    Subclasses implement `log_alpha`, `sigma`, `f`, `g2`, `t_from_log_snr` and
-    `prior_std` in closed form; everything else follows from them.
+    Subclasses implement `log_alpha`, `sigma`, `log_snr`, `f`, `g2`, `t_from_log_snr`
+    and `prior_std` in closed form (equinox's abstract / final pattern: every concrete
+    method below is written once and never overridden); everything else follows from
+    them. `log_snr` is part of the schedule, not derived here, because each SDE has a
+    form without the cancellation of 2 (log alpha - log sigma) at small t.
     """
 
     eps: eqx.AbstractVar[float]
@@ -55,6 +58,10 @@ class AbstractSDE(eqx.Module):
     @abc.abstractmethod
     def sigma(self, t: Array) -> Array:
         """sigma(t), the noise standard deviation of the marginal."""
+
+    @abc.abstractmethod
+    def log_snr(self, t: Array) -> Array:
+        """lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
 
     @abc.abstractmethod
     def f(self, t: Array) -> Array:
@@ -77,10 +84,6 @@ class AbstractSDE(eqx.Module):
     def alpha(self, t: Array) -> Array:
         """alpha(t) = exp(log_alpha(t))."""
         return jnp.exp(self.log_alpha(t))
-
-    def log_snr(self, t: Array) -> Array:
-        """lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
-        return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
 
     def diffusion(self, t: Array) -> Array:
         """g(t)."""
@@ -146,7 +149,9 @@ class AbstractSDE(eqx.Module):
         """Probability-flow ODE drift: dx/dt = f(t) x - g(t)^2 score(x, t) / 2."""
         return self.drift(x, t) - 0.5 * bcast(self.g2(t), x) * score_fn(x, t)
 
-    def _validate_range(self):
+    def __check_init__(self):
+        # Runs after the concrete class's own checks (equinox calls every __check_init__
+        # along the MRO), so a bad schedule is reported before a bad time range.
         eps, T = concrete_or_none(self.eps), concrete_or_none(self.T)
         if eps is None or T is None:
             return
@@ -169,7 +174,50 @@ def _check_schedule(name_lo: str, lo, name_hi: str, hi, *, strict: bool = True):
         )
 
 
-class VPSDE(AbstractSDE):
+class AbstractLinearBetaSDE(AbstractSDE):
+    """The linear-beta schedule shared by `VPSDE` and `SubVPSDE` (Song et al. 2021, eq. 32-33).
+
+        beta(t) = beta_min + t (beta_max - beta_min),
+        B(t)    = int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2,
+        alpha(t) = exp(-B(t)/2),   f(t) = d log alpha / dt = -beta(t)/2,
+
+    and a prior N(0, I). The two SDEs differ in sigma(t) (hence g^2 and the log-SNR);
+    both invert the log-SNR through B, with `t_from_int_beta`.
+    """
+
+    beta_min: eqx.AbstractVar[float]
+    beta_max: eqx.AbstractVar[float]
+
+    def __check_init__(self):
+        _check_schedule("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
+
+    def beta(self, t: Array) -> Array:
+        """beta(t) = beta_min + t (beta_max - beta_min)."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t: Array) -> Array:
+        """B(t) = int_0^t beta(s) ds = beta_min t + (beta_max - beta_min) t^2 / 2."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def t_from_int_beta(self, b: Array) -> Array:
+        """The t >= 0 with B(t) = b: the root of (beta_max - beta_min) t^2 / 2 + beta_min t - b,
+        written as 2 b / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) b)), which has
+        no cancellation for small b and stays finite when beta_max = beta_min."""
+        d = self.beta_max - self.beta_min
+        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+    def log_alpha(self, t):
+        return -0.5 * self.int_beta(t)
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+class VPSDE(AbstractLinearBetaSDE):
     """Variance-preserving SDE with linear beta (Song et al. 2021; DDPM, Ho et al. 2020).
 
         dx = -beta(t)/2 x dt + sqrt(beta(t)) dW,  beta(t) = beta_min + t (beta_max - beta_min)
@@ -182,19 +230,6 @@ class VPSDE(AbstractSDE):
     eps: float = 1e-3
     T: float = 1.0
 
-    def __check_init__(self):
-        _check_schedule("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
-        self._validate_range()
-
-    def beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def int_beta(self, t):
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def log_alpha(self, t):
-        return -0.5 * self.int_beta(t)
-
     def sigma(self, t):
         return jnp.sqrt(-jnp.expm1(-self.int_beta(t)))
 
@@ -202,21 +237,12 @@ class VPSDE(AbstractSDE):
         b = self.int_beta(t)
         return -b - jnp.log(-jnp.expm1(-b))
 
-    def f(self, t):
-        return -0.5 * self.beta(t)
-
     def g2(self, t):
         return self.beta(t)
 
     def t_from_log_snr(self, log_snr):
-        # B(t) = log(1 + e^{-lambda}); solve beta_min t + d t^2 / 2 = B stably.
-        b = jax.nn.softplus(-log_snr)
-        d = self.beta_max - self.beta_min
-        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
-
-    @property
-    def prior_std(self):
-        return 1.0
+        # B(t) = log(1 + e^{-lambda}).
+        return self.t_from_int_beta(jax.nn.softplus(-log_snr))
 
 
 class CosineVPSDE(AbstractSDE):
@@ -243,7 +269,6 @@ class CosineVPSDE(AbstractSDE):
         s = concrete_or_none(self.s)
         if s is not None and s < 0:
             raise ValueError(f"s must be >= 0 (got s={s}).")
-        self._validate_range()
 
     def _theta01(self):
         th0 = 0.5 * jnp.pi * self.s / (1.0 + self.s)
@@ -292,7 +317,7 @@ class CosineVPSDE(AbstractSDE):
         return 1.0
 
 
-class SubVPSDE(AbstractSDE):
+class SubVPSDE(AbstractLinearBetaSDE):
     """Sub-variance-preserving SDE (Song et al. 2021, eq. 30).
 
         dx = -beta(t)/2 x dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dW
@@ -305,24 +330,11 @@ class SubVPSDE(AbstractSDE):
     eps: float = 1e-3
     T: float = 1.0
 
-    def __check_init__(self):
-        _check_schedule("beta_min", self.beta_min, "beta_max", self.beta_max, strict=False)
-        self._validate_range()
-
-    def beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def int_beta(self, t):
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def log_alpha(self, t):
-        return -0.5 * self.int_beta(t)
-
     def sigma(self, t):
         return -jnp.expm1(-self.int_beta(t))
 
-    def f(self, t):
-        return -0.5 * self.beta(t)
+    def log_snr(self, t):
+        return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
 
     def g2(self, t):
         return self.beta(t) * (-jnp.expm1(-2.0 * self.int_beta(t)))
@@ -332,13 +344,7 @@ class SubVPSDE(AbstractSDE):
         # gives B = log1p(q), q = (e^{-lambda} + e^{-lambda/2} sqrt(4 + e^{-lambda})) / 2,
         # written without the cancellation of 1 - a for large lambda.
         em = jnp.exp(-log_snr)
-        b = jnp.log1p(0.5 * (em + jnp.exp(-0.5 * log_snr) * jnp.sqrt(4.0 + em)))
-        d = self.beta_max - self.beta_min
-        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
-
-    @property
-    def prior_std(self):
-        return 1.0
+        return self.t_from_int_beta(jnp.log1p(0.5 * (em + jnp.exp(-0.5 * log_snr) * jnp.sqrt(4.0 + em))))
 
 
 class VESDE(AbstractSDE):
@@ -360,7 +366,6 @@ class VESDE(AbstractSDE):
 
     def __check_init__(self):
         _check_schedule("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
-        self._validate_range()
 
     def _log_ratio(self):
         return jnp.log(self.sigma_max / self.sigma_min)
@@ -389,4 +394,4 @@ class VESDE(AbstractSDE):
         return self.sigma_max
 
 
-__all__ = ["AbstractSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE"]
+__all__ = ["AbstractSDE", "AbstractLinearBetaSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE"]

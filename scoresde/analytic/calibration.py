@@ -31,9 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde._types import Array
 from scoresde.sde import AbstractSDE
-
-Array = jax.Array
 
 
 def cosine_similarity(a: Array, b: Array, eps: float = 1e-12) -> Array:

@@ -15,12 +15,8 @@ Biroli et al. 2024). It is the baseline the LS / ELS machines of
 `scoresde.analytic.local` are compared with.
 
 The sum over the training set is streamed in chunks (`lax.scan`) with an online
-log-sum-exp (Milakov & Gimelshein 2018): a running maximum m, a running sum
-s = sum exp(l - m) and a running numerator are rescaled by exp(m_old - m_new) when
-a chunk raises the maximum. The maximum is kept per sample (per pixel for the
-local machines), never shared over the batch: with a shared maximum, a sample far
-from every training point (logits ~ -1e4 below those of another sample) has all its
-weights underflow to 0 and its posterior mean becomes 0/0.
+log-sum-exp whose maximum is kept per sample (Milakov & Gimelshein 2018; see
+`scoresde.analytic._chunks`, shared with the local machines).
 """
 
 from __future__ import annotations
@@ -32,79 +28,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._checks import check_batched, check_float_data, check_time
+from scoresde._types import Array
+from scoresde.analytic._base import AbstractDenoiserScore, check_example
+from scoresde.analytic._chunks import NEG, check_chunk_size, check_train, pad_to_chunks, per_sample, \
+    streaming_softmax_mean
 from scoresde.sde import AbstractSDE
 
-Array = jax.Array
 
-# A finite stand-in for -inf: exp(NEG - m) == 0 for every finite m, and unlike -inf
-# it never produces inf - inf = nan in the running-maximum update.
-NEG = -1e30
-
-
-def _per_sample(c, batch: int) -> Array:
-    """A scalar or (batch,) coefficient as an array of shape (batch,)."""
-    c = jnp.asarray(c)
-    return jnp.broadcast_to(c.reshape(-1) if c.ndim else c, (batch,))
-
-
-def _streaming_softmax_mean(chunks, logits_fn: Callable, contract_fn: Callable,
-                            batch_shape: tuple, value_shape: tuple, dtype):
-    """sum_k softmax_k(l_k) v_k over a stream of chunks, with a per-entry online max.
-
-    chunks: a pytree whose leaves have a leading chunk axis (scanned over).
-    logits_fn(chunk) -> logits of shape batch_shape + (c,).
-    contract_fn(p, chunk) -> sum_k p[..., k] v_k of shape batch_shape + value_shape,
-        where p = exp(l - m) are the unnormalised weights of the chunk.
-    Returns (mean, log_normaliser) with log_normaliser = logsumexp_k l_k of shape
-    batch_shape. The maximum m is taken separately for every entry of batch_shape.
-    """
-    expand = (...,) + (None,) * len(value_shape)
-
-    def body(carry, chunk):
-        m, s, num = carry
-        logits = logits_fn(chunk)
-        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-        scale = jnp.exp(m - m_new)
-        p = jnp.exp(logits - m_new[..., None])
-        s = s * scale + jnp.sum(p, axis=-1)
-        num = num * scale[expand] + contract_fn(p, chunk)
-        return (m_new, s, num), None
-
-    init = (jnp.full(batch_shape, NEG, dtype), jnp.zeros(batch_shape, dtype),
-            jnp.zeros(batch_shape + value_shape, dtype))
-    (m, s, num), _ = jax.lax.scan(body, init, chunks)
-    return num / s[expand], m + jnp.log(s)
-
-
-def _pad_to_chunks(arrays, n: int, chunk_size: int, fill_values):
-    """Pad the leading axis n of each array to a multiple of chunk_size and reshape."""
-    c = max(1, min(int(chunk_size), n))
-    n_chunks = -(-n // c)
-    pad = n_chunks * c - n
-    out = []
-    for a, fill in zip(arrays, fill_values):
-        if pad:
-            a = jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], fill, a.dtype)], axis=0)
-        out.append(a.reshape((n_chunks, c) + a.shape[1:]))
-    return out
-
-
-def _check_chunk_size(chunk_size):
-    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None (got {chunk_size!r}).")
-
-
-def _check_train(train_images, name="train_images"):
-    train_images = jnp.asarray(train_images)
-    check_float_data(train_images, name)
-    check_batched(train_images, name)
-    if train_images.shape[0] < 1:
-        raise ValueError(f"{name} is empty (shape {train_images.shape}); pass at least one image.")
-    return train_images
-
-
-class IdealScore(eqx.Module):
+class IdealScore(AbstractDenoiserScore):
     """Ideal (empirical) score / denoiser of a training set under any linear SDE.
 
         E[x_0 | x_t = x] = sum_n softmax_n(-||x - alpha phi_n||^2 / (2 sigma^2)) phi_n
@@ -130,8 +61,8 @@ class IdealScore(eqx.Module):
     chunk_size: Optional[int] = eqx.field(static=True)
 
     def __init__(self, train_images, *, train_labels=None, chunk_size: Optional[int] = 1024):
-        train_images = _check_train(train_images)
-        _check_chunk_size(chunk_size)
+        train_images = check_train(train_images)
+        check_chunk_size(chunk_size)
         n = train_images.shape[0]
         self.shape = tuple(train_images.shape[1:])
         self.train = train_images.reshape(n, -1)
@@ -144,16 +75,6 @@ class IdealScore(eqx.Module):
         self.labels = train_labels
         self.chunk_size = None if chunk_size is None else int(chunk_size)
 
-    def _check_x(self, x, t, sde):
-        x = jnp.asarray(x)
-        check_float_data(x, "x")
-        check_batched(x, "x")
-        if x.shape[1:] != self.shape and math.prod(x.shape[1:]) != math.prod(self.shape):
-            raise ValueError(f"x has example shape {x.shape[1:]} but the training images have "
-                             f"shape {self.shape}; pass x of shape (batch, *{self.shape}).")
-        check_time(t, sde, "t", batch=x.shape[0])
-        return x
-
     def posterior_mean(self, x: Array, alpha: Array, sigma: Array, y: Optional[Array] = None):
         """E[x_0 | x] and log sum_n exp(-||x - alpha phi_n||^2 / (2 sigma^2)) for given alpha, sigma.
 
@@ -162,8 +83,8 @@ class IdealScore(eqx.Module):
         """
         b = x.shape[0]
         xf = x.reshape(b, -1)
-        a = _per_sample(alpha, b).astype(xf.dtype)
-        s2 = _per_sample(sigma, b).astype(xf.dtype) ** 2
+        a = per_sample(alpha, b).astype(xf.dtype)
+        s2 = per_sample(sigma, b).astype(xf.dtype) ** 2
         n = self.train.shape[0]
         bias = jnp.zeros((n,), xf.dtype)
         labels = self.labels if self.labels is not None else jnp.zeros((n,), jnp.int32)
@@ -175,7 +96,7 @@ class IdealScore(eqx.Module):
         else:
             y_b = jnp.broadcast_to(jnp.asarray(y), (b,))
         c = n if self.chunk_size is None else self.chunk_size
-        chunks = _pad_to_chunks([self.train, self.sqnorm, bias, labels], n, c,
+        chunks = pad_to_chunks([self.train, self.sqnorm, bias, labels], n, c,
                                 [0.0, 0.0, NEG, -1])
         xsq = jnp.sum(xf**2, axis=-1)
 
@@ -191,39 +112,22 @@ class IdealScore(eqx.Module):
         def contract_fn(p, chunk):
             return p @ chunk[0]
 
-        mean, lse = _streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b,),
+        mean, lse = streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b,),
                                             (xf.shape[1],), xf.dtype)
         return mean.reshape(x.shape), lse
 
     def denoise(self, x: Array, t: Array, sde: AbstractSDE, y: Optional[Array] = None) -> Array:
         """E[x_0 | x_t = x] under the empirical data law (softmax-weighted training mean)."""
-        x = self._check_x(x, t, sde)
+        x = check_example(x, t, sde, self.shape, same_size_ok=True)
         return self.posterior_mean(x, sde.alpha(t), sde.sigma(t), y)[0]
-
-    def score(self, x: Array, t: Array, sde: AbstractSDE, y: Optional[Array] = None) -> Array:
-        """grad log p_t(x) = -(x - alpha E[x_0|x_t=x]) / sigma^2 of the empirical mixture."""
-        x = self._check_x(x, t, sde)
-        b = x.shape[0]
-        a = _per_sample(sde.alpha(t), b).reshape((b,) + (1,) * (x.ndim - 1))
-        s = _per_sample(sde.sigma(t), b).reshape((b,) + (1,) * (x.ndim - 1))
-        x0 = self.posterior_mean(x, sde.alpha(t), sde.sigma(t), y)[0]
-        return -(x - a * x0) / (s * s)
 
     def log_prob(self, x: Array, t: Array, sde: AbstractSDE) -> Array:
         """log p_t(x) = log (1/N) sum_n N(x; alpha phi_n, sigma^2 I), shape (batch,)."""
-        x = self._check_x(x, t, sde)
+        x = check_example(x, t, sde, self.shape, same_size_ok=True)
         b, d = x.shape[0], math.prod(x.shape[1:])
-        s = _per_sample(sde.sigma(t), b)
+        s = per_sample(sde.sigma(t), b)
         lse = self.posterior_mean(x, sde.alpha(t), s)[1]
         return lse - jnp.log(self.train.shape[0]) - 0.5 * d * jnp.log(2 * jnp.pi * s * s)
-
-    def score_fn(self, sde: AbstractSDE) -> Callable:
-        """score(x, t[, y]) with the SDE bound, for the samplers."""
-        return lambda x, t, *y: self.score(x, t, sde, *y)
-
-    def denoiser(self, sde: AbstractSDE) -> Callable:
-        """denoise(x, t[, y]) with the SDE bound."""
-        return lambda x, t, *y: self.denoise(x, t, sde, *y)
 
 
 def ideal_score_fn(train_images, sde: AbstractSDE, *, train_labels=None,

@@ -32,27 +32,27 @@ so the middle term for every pixel and every training patch is one correlation
 (`lax.conv_general_dilated` with the training patches as kernels) and ||x_p||^2 is a
 box filter of x^2; all pixels are computed at once. The sum over training patches is
 streamed in chunks with a running log-sum-exp whose maximum is per sample and per
-pixel (see `scoresde.analytic.ideal`). Identical training patches are merged once, at
-construction, with their multiplicity added to the logits (log count): exact, and a
-large saving on images with flat backgrounds.
+pixel (`scoresde.analytic._chunks`, shared with the ideal score). Identical training
+patches are merged once, at construction, with their multiplicity added to the logits
+(log count): exact, and a large saving on images with flat backgrounds.
 """
 
-from __future__ import annotations
-
-import math
-from typing import Callable, Optional
+# No `from __future__ import annotations`: equinox reads `eqx.AbstractVar[...]` from the
+# evaluated annotation (as a string it would become a dataclass field of the abstract class).
+import abc
+from typing import Optional
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde._checks import check_batched, check_float_data, check_time, concrete_or_none
-from scoresde.analytic.ideal import NEG, _check_chunk_size, _check_train, _pad_to_chunks, \
-    _per_sample, _streaming_softmax_mean
+from scoresde._checks import concrete_or_none
+from scoresde._types import Array
+from scoresde.analytic._base import AbstractDenoiserScore, check_example
+from scoresde.analytic._chunks import NEG, check_chunk_size, check_train, pad_to_chunks, per_sample, \
+    streaming_softmax_mean
 from scoresde.sde import AbstractSDE
-
-Array = jax.Array
 
 _BOUNDARIES = ("zeros", "circular")
 
@@ -65,7 +65,7 @@ def _check_patch_size(patch_size):
 
 
 def _check_images(train_images, name="train_images"):
-    train_images = _check_train(train_images, name)
+    train_images = check_train(train_images, name)
     if train_images.ndim != 4:
         raise ValueError(f"{name} must have shape (N, H, W, C), got {train_images.shape}; "
                          "add a channel axis with x[..., None].")
@@ -87,47 +87,28 @@ def _pad_images(x: Array, r: int, boundary: str):
     return jnp.pad(x, widths)
 
 
-class _LocalMachine(eqx.Module):
-    """Shared plumbing: time coefficients, score from denoiser, checks."""
+class AbstractLocalMachine(AbstractDenoiserScore):
+    """A patch-based exact denoiser on images of shape (H, W, C) (LS or ELS machine).
+
+    Final classes implement `posterior_mean(x, alpha, sigma)`, the machine's estimate of
+    E[x_0 | x_t = x] for given signal and noise coefficients; `denoise` evaluates it at
+    (alpha(t), sigma(t)) and the score follows from Tweedie's formula.
+    """
 
     shape: eqx.AbstractVar[tuple]
 
-    def _check_x(self, x, t, sde):
-        x = jnp.asarray(x)
-        check_float_data(x, "x")
-        check_batched(x, "x")
-        if x.shape[1:] != self.shape:
-            raise ValueError(f"x has example shape {x.shape[1:]} but the machine was built for "
-                             f"images of shape {self.shape}; pass x of shape (batch, *{self.shape}).")
-        check_time(t, sde, "t", batch=x.shape[0])
-        return x
-
+    @abc.abstractmethod
     def posterior_mean(self, x: Array, alpha: Array, sigma: Array) -> Array:
-        raise NotImplementedError
+        """The machine's E[x_0 | x] for x of shape (batch, H, W, C); alpha, sigma scalars
+        or of shape (batch,)."""
 
     def denoise(self, x: Array, t: Array, sde: AbstractSDE) -> Array:
         """The machine's estimate of E[x_0 | x_t = x] (see the module docstring)."""
-        x = self._check_x(x, t, sde)
+        x = check_example(x, t, sde, self.shape)
         return self.posterior_mean(x, sde.alpha(t), sde.sigma(t))
 
-    def score(self, x: Array, t: Array, sde: AbstractSDE) -> Array:
-        """score(x, t) = -(x - alpha D(x)) / sigma^2 with D the machine's denoiser."""
-        x = self._check_x(x, t, sde)
-        b = x.shape[0]
-        a = _per_sample(sde.alpha(t), b).reshape(b, 1, 1, 1)
-        s = _per_sample(sde.sigma(t), b).reshape(b, 1, 1, 1)
-        return -(x - a * self.posterior_mean(x, sde.alpha(t), sde.sigma(t))) / (s * s)
 
-    def score_fn(self, sde: AbstractSDE) -> Callable:
-        """score(x, t) with the SDE bound, for the samplers."""
-        return lambda x, t: self.score(x, t, sde)
-
-    def denoiser(self, sde: AbstractSDE) -> Callable:
-        """denoise(x, t) with the SDE bound."""
-        return lambda x, t: self.denoise(x, t, sde)
-
-
-class LSMachine(_LocalMachine):
+class LSMachine(AbstractLocalMachine):
     """Local score machine (Kamb & Ganguli 2025, eq. 7): patch posterior at each location.
 
         D_LS(x)[p] = sum_n softmax_n(-||x[Omega_p] - alpha phi_n[Omega_p]||^2 / (2 sigma^2)) phi_n[p]
@@ -150,7 +131,7 @@ class LSMachine(_LocalMachine):
 
     def __init__(self, train_images, patch_size: int, *, chunk_size: Optional[int] = 256):
         train_images = _check_images(train_images)
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         self.patch_size = _check_patch_size(patch_size)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.shape = tuple(train_images.shape[1:])
@@ -160,12 +141,12 @@ class LSMachine(_LocalMachine):
     def posterior_mean(self, x: Array, alpha: Array, sigma: Array) -> Array:
         """D_LS(x) for given alpha, sigma (scalars or (batch,))."""
         b = x.shape[0]
-        a = _per_sample(alpha, b).astype(x.dtype)[:, None, None, None]
-        s2 = _per_sample(sigma, b).astype(x.dtype)[:, None, None, None] ** 2
+        a = per_sample(alpha, b).astype(x.dtype)[:, None, None, None]
+        s2 = per_sample(sigma, b).astype(x.dtype)[:, None, None, None] ** 2
         n = self.train.shape[0]
         c = n if self.chunk_size is None else self.chunk_size
         bias = jnp.zeros((n,), x.dtype)
-        chunks = _pad_to_chunks([self.train, self.box_sq, bias], n, c, [0.0, 0.0, NEG])
+        chunks = pad_to_chunks([self.train, self.box_sq, bias], n, c, [0.0, 0.0, NEG])
         xsq = _box_sum(jnp.sum(x * x, axis=-1), self.patch_size)[..., None]  # (B, H, W, 1)
 
         def logits_fn(chunk):
@@ -181,7 +162,7 @@ class LSMachine(_LocalMachine):
             return jnp.einsum("bhwn,nhwc->bhwc", p, chunk[0])
 
         h, w, ch = self.shape
-        mean, _ = _streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b, h, w),
+        mean, _ = streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b, h, w),
                                           (ch,), x.dtype)
         return mean
 
@@ -201,7 +182,7 @@ def extract_patches(images, patch_size: int, boundary: str = "zeros") -> np.ndar
     return np.ascontiguousarray(win.reshape((-1, patch_size, patch_size, images.shape[-1])))
 
 
-class ELSMachine(_LocalMachine):
+class ELSMachine(AbstractLocalMachine):
     """Equivariant local score machine (Kamb & Ganguli 2025, eq. 9).
 
         D_ELS(x)[p] = sum_psi softmax_psi(-||x[Omega_p] - alpha psi||^2 / (2 sigma^2)) psi[c]
@@ -235,7 +216,7 @@ class ELSMachine(_LocalMachine):
                  chunk_size: Optional[int] = 2048, key: Optional[Array] = None,
                  max_images: Optional[int] = None, dedup: bool = True):
         train_images = _check_images(train_images)
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         if boundary not in _BOUNDARIES:
             raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}.")
         if concrete_or_none(train_images) is None:
@@ -285,8 +266,8 @@ class ELSMachine(_LocalMachine):
     def posterior_mean(self, x: Array, alpha: Array, sigma: Array) -> Array:
         """D_ELS(x) for given alpha, sigma (scalars or (batch,))."""
         b = x.shape[0]
-        a = _per_sample(alpha, b).astype(x.dtype)[:, None, None, None]
-        s2 = _per_sample(sigma, b).astype(x.dtype)[:, None, None, None] ** 2
+        a = per_sample(alpha, b).astype(x.dtype)[:, None, None, None]
+        s2 = per_sample(sigma, b).astype(x.dtype)[:, None, None, None] ** 2
         p = self.patch_size
         x_pad = _pad_images(x, p // 2, self.boundary)
         # ||x_p||^2 for every pixel: correlation of x^2 with a ones kernel.
@@ -296,7 +277,7 @@ class ELSMachine(_LocalMachine):
                                            dimension_numbers=dn)  # (B, H, W, 1)
         k = self.patches.shape[0]
         c = k if self.chunk_size is None else self.chunk_size
-        chunks = _pad_to_chunks([self.patches, self.sqnorm, self.centres, self.log_count],
+        chunks = pad_to_chunks([self.patches, self.sqnorm, self.centres, self.log_count],
                                 k, c, [0.0, 0.0, 0.0, NEG])
 
         def logits_fn(chunk):
@@ -311,6 +292,6 @@ class ELSMachine(_LocalMachine):
             return w @ chunk[2]
 
         h, wd, ch = self.shape
-        mean, _ = _streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b, h, wd),
+        mean, _ = streaming_softmax_mean(tuple(chunks), logits_fn, contract_fn, (b, h, wd),
                                           (ch,), x.dtype)
         return mean
