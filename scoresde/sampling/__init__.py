@@ -7,6 +7,7 @@ returning SampleResult(samples, nfe, trajectory)."""
 
 from scoresde.sampling.base import AbstractSampler, SampleResult, sample, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid
+from scoresde.sampling.fitted import FittedGrid, fit_grid
 from scoresde.sampling.sde_solvers import EulerMaruyama, ReverseSRK
 from scoresde.sampling.ode import ODEEuler, ODEHeun, ProbabilityFlowODE
 from scoresde.sampling.pc import (
@@ -17,7 +18,7 @@ from scoresde.sampling.fewstep import DDIM, DPMSolverPP, EDMHeun
 
 __all__ = [
     "AbstractSampler", "SampleResult", "sample", "tweedie_denoise",
-    "AbstractTimeGrid", "EDMGrid", "LogSNRGrid", "UniformTimeGrid",
+    "AbstractTimeGrid", "EDMGrid", "LogSNRGrid", "UniformTimeGrid", "FittedGrid", "fit_grid",
     "EulerMaruyama", "ReverseSRK", "ODEEuler", "ODEHeun", "ProbabilityFlowODE",
     "AbstractCorrector", "AbstractPredictor", "AncestralPredictor", "EulerMaruyamaPredictor",
     "LangevinCorrector", "NoneCorrector", "NonePredictor", "PredictorCorrector",

@@ -63,12 +63,23 @@ class EDMGrid(AbstractTimeGrid):
         return _pin_ends(sde.t_from_log_snr(-2.0 * jnp.log(sh)).astype(dtype), sde)
 
 
+def log_snr_fractions(sde: AbstractSDE, ts: Array) -> Array:
+    """Where each time of a grid sits in log-SNR: u_i = (lambda(t_i) - lambda(T)) /
+    (lambda(eps) - lambda(T)), 0 at T and 1 at eps."""
+    l0, l1 = sde.log_snr(jnp.asarray(sde.T, ts.dtype)), sde.log_snr(jnp.asarray(sde.eps, ts.dtype))
+    return (sde.log_snr(ts) - l0) / (l1 - l0)
+
+
+def times_from_fractions(sde: AbstractSDE, u: Array, dtype=jnp.float32) -> Array:
+    """The inverse of `log_snr_fractions`: t_i = t(lambda(T) + u_i (lambda(eps) - lambda(T)))."""
+    T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
+    l0, l1 = sde.log_snr(T), sde.log_snr(eps)
+    return _pin_ends(sde.t_from_log_snr(l0 + u * (l1 - l0)).astype(dtype), sde)
+
+
 class LogSNRGrid(AbstractTimeGrid):
     """Uniform in log-SNR: lambda_i = lambda(T) + (i / n) (lambda(eps) - lambda(T))."""
 
     def __call__(self, sde, n_steps, dtype=jnp.float32):
         check_steps(n_steps)
-        T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
-        l0, l1 = sde.log_snr(T), sde.log_snr(eps)
-        i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
-        return _pin_ends(sde.t_from_log_snr(l0 + i * (l1 - l0)).astype(dtype), sde)
+        return times_from_fractions(sde, jnp.arange(n_steps + 1, dtype=dtype) / n_steps, dtype)
