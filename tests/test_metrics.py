@@ -60,6 +60,9 @@ def test_nearest_neighbours_and_memorisation():
     q = rng.normal(size=(50, 64))
     brute = np.sqrt(((q[:, None, :] - train.reshape(300, -1)[None]) ** 2).sum(-1)).min(1)
     np.testing.assert_allclose(metrics.nearest_neighbour_distances(q, train, chunk=7), brute, rtol=1e-9)
+    d, idx = metrics.nearest_neighbours(q, train, chunk=7)
+    np.testing.assert_allclose(d, brute, rtol=1e-9)
+    np.testing.assert_array_equal(idx, np.sqrt(((q[:, None, :] - train.reshape(300, -1)[None]) ** 2).sum(-1)).argmin(1))
     copies = metrics.memorisation_report(train[:100] + 1e-3, train, test)
     assert copies["nn_dist_ratio"] < 0.01 and copies["frac_samples_below_test_q05"] == 1.0
     fresh = metrics.memorisation_report(rng.normal(size=(2000, 8, 8, 1)), train, test)

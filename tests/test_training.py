@@ -3,7 +3,6 @@ corrupted newest -> previous with a warning, atomic tmp dirs ignored), SIGTERM, 
 
 import os
 import signal
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +90,36 @@ def test_optimizer_warmup_first_step_size():
     np.testing.assert_allclose(np.asarray(upd["w"]), [-0.025, 0.025], rtol=1e-5)
 
 
+def test_optimizer_takes_a_schedule():
+    # Adam's first two updates are -lr(k) sign(g) (k = 0, 1) with the schedule's lr(k).
+    sched = lambda k: 0.1 / (1.0 + k)  # noqa: E731
+    tx = make_optimizer(sched, grad_clip=None)
+    p, g = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([3.0, -0.5])}
+    upd, s = tx.update(g, tx.init(p), p)
+    np.testing.assert_allclose(np.asarray(upd["w"]), [-0.1, 0.1], rtol=1e-5)
+    upd, _ = tx.update(g, s, p)
+    np.testing.assert_allclose(np.asarray(upd["w"]), [-0.05, 0.05], rtol=1e-4)  # float32 bias corrections
+    with pytest.raises(ValueError, match="warmup_steps=3 with a schedule"):
+        make_optimizer(sched, warmup_steps=3)
+
+
+def test_loss_history_and_checkpoint_meta(setup, tmp_path):
+    """The writer keeps every logged scalar; a checkpoint's metadata reads back (orbax) without
+    its arrays, for the newest step and any other."""
+    from scoresde.training import MetricWriter, read_meta
+
+    _, state0, step = setup
+    writer = MetricWriter(None, stdout=False)
+    ck = Checkpointer(str(tmp_path), async_save=False)
+    assert ck.latest_meta() is None
+    train_loop(state0, step, _batches(), start_step=0, num_steps=5, checkpointer=ck, save_every=2,
+               meta_fn=lambda s: {"data_batches": s}, writer=writer, log_every=2, progress=False)
+    assert [k for k, _ in writer.history["train/loss"]] == [2, 4, 5]
+    assert all(np.isfinite(v) for _, v in writer.history["train/loss"])
+    assert ck.latest_meta()["data_batches"] == 5 and ck.read_meta(2)["step"] == 2
+    assert read_meta(str(tmp_path), 4)["data_batches"] == 4
+
+
 def _run(state, step, ckdir, start, num_steps, save_every=2, hooks=()):
     ck = Checkpointer(ckdir, max_to_keep=3, async_save=False)
     if start is None:  # restart: newest good checkpoint + data position
@@ -139,10 +168,9 @@ def test_corrupted_values_detected_by_fingerprint(setup, tmp_path):
     # Rewrite step 2's metadata with step 1's fingerprint: arrays no longer match it.
     import json
 
-    from scoresde.training import read_meta
-    m1, m2 = read_meta(str(tmp_path), 1), read_meta(str(tmp_path), 2)
+    m1, m2 = c.read_meta(1), c.read_meta(2)
     m2["fingerprint"] = m1["fingerprint"]
-    with open(os.path.join(str(tmp_path), "2", "meta", "metadata"), "w") as f:
+    with open(os.path.join(str(tmp_path), "2", "meta", "metadata"), "w") as f:  # corrupt it on disk
         json.dump(m2, f)
     with pytest.warns(RuntimeWarning, match="fingerprint"):
         st, meta = Checkpointer(str(tmp_path), async_save=False).restore_latest(state0)

@@ -21,11 +21,11 @@ from scoresde.metrics.frechet import (
     gaussian_stats,
     histogram_entropy,
 )
-from scoresde.metrics.memorisation import memorisation_report, nearest_neighbour_distances
+from scoresde.metrics.memorisation import memorisation_report, nearest_neighbour_distances, nearest_neighbours
 
 __all__ = [
     "DigitClassifier", "confident_fraction", "digits_sample_quality", "frechet_distance",
     "frechet_distance_from_features", "frechet_distance_with", "gaussian_stats", "histogram_entropy",
     "levels_to_input", "load_digit_classifier", "memorisation_report", "nearest_neighbour_distances",
-    "train_digit_classifier",
+    "nearest_neighbours", "train_digit_classifier",
 ]

@@ -15,19 +15,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def nearest_neighbour_distances(queries, reference, *, chunk: int = 1024) -> np.ndarray:
-    """(N,) Euclidean distance of each query (N, ...) to its nearest reference (M, ...)."""
+def nearest_neighbours(queries, reference, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(distances (N,), indices (N,)): for each query (N, ...) the Euclidean distance to its
+    nearest reference (M, ...) and that reference's index,
+
+        d(q) = min_i ||q - r_i||_2,  ||q - r||^2 = ||q||^2 - 2 <q, r> + ||r||^2  (float64).
+    """
     q = np.asarray(queries, np.float64).reshape(len(queries), -1)
     r = np.asarray(reference, np.float64).reshape(len(reference), -1)
     if q.shape[1] != r.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values per example, reference {r.shape[1]}.")
     r2 = (r**2).sum(1)
-    out = np.empty(len(q))
+    dist, idx = np.empty(len(q)), np.empty(len(q), np.int64)
     for i in range(0, len(q), chunk):
         qc = q[i:i + chunk]
         d2 = (qc**2).sum(1)[:, None] + r2[None, :] - 2 * qc @ r.T
-        out[i:i + chunk] = np.sqrt(np.clip(d2.min(1), 0.0, None))
-    return out
+        idx[i:i + chunk] = d2.argmin(1)
+        dist[i:i + chunk] = np.sqrt(np.clip(d2[np.arange(len(qc)), idx[i:i + chunk]], 0.0, None))
+    return dist, idx
+
+
+def nearest_neighbour_distances(queries, reference, *, chunk: int = 1024) -> np.ndarray:
+    """(N,) Euclidean distance of each query (N, ...) to its nearest reference (M, ...)."""
+    return nearest_neighbours(queries, reference, chunk=chunk)[0]
 
 
 def memorisation_report(samples, train, test) -> dict:

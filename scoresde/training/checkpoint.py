@@ -17,7 +17,6 @@ and the previous one is used.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import warnings
@@ -81,6 +80,16 @@ class Checkpointer:
                              "(corrupted data)")
         return state, meta
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON metadata of step `step` (orbax restores the `meta` item only, no arrays)."""
+        out = self._mgr.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def latest_meta(self) -> dict | None:
+        """The metadata of the newest step, or None if there is no step."""
+        step = self.latest_step()
+        return None if step is None else self.read_meta(step)
+
     def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
         """Newest checkpoint that restores and verifies, or None if there is none.
 
@@ -118,6 +127,9 @@ class Checkpointer:
 
 
 def read_meta(directory: str, step: int) -> dict:
-    """The JSON metadata of a saved step (without restoring arrays)."""
-    with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-        return json.load(f)
+    """The JSON metadata of a saved step of the Checkpointer in `directory` (no arrays)."""
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+        return ckpt.read_meta(step)
+    finally:
+        ckpt.close()

@@ -48,10 +48,15 @@ class Preempted(SystemExit):
 
 
 class MetricWriter:
-    """Scalars to stdout and to TensorBoard event files in `logdir` (tensorboardX)."""
+    """Scalars to stdout and to TensorBoard event files in `logdir` (tensorboardX).
+
+    Every scalar written is also kept in `history[tag]` as (step, value) pairs, so a
+    script without TensorBoard (logdir=None, stdout=False) can read its loss curve.
+    """
 
     def __init__(self, logdir: str | None, *, stdout: bool = True, enabled: bool = True):
         self.stdout = stdout and enabled
+        self.history: dict[str, list[tuple[int, float]]] = {}
         self._tb = None
         if logdir is not None and enabled:
             from tensorboardX import SummaryWriter
@@ -60,6 +65,8 @@ class MetricWriter:
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = ""):
         values = {prefix + k: float(v) for k, v in values.items()}
+        for k, v in values.items():
+            self.history.setdefault(k, []).append((int(step), v))
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, step)

@@ -47,19 +47,27 @@ class TrainState:
     key: Array
 
 
-def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, grad_clip: float | None = 1.0,
-                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float | optax.Schedule, *, warmup_steps: int = 0,
+                   grad_clip: float | None = 1.0, weight_decay: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
     """Global-norm clipping, then Adam (weight_decay = 0) or AdamW with linear warm-up.
 
     lr(k) = learning_rate * min(1, (k + 1) / warmup_steps) (module docstring); the first
     step already moves (lr(0) = lr / warmup_steps), unlike a warm-up that starts at 0.
+    `learning_rate` may also be an optax schedule k -> lr(k) (e.g.
+    `optax.warmup_cosine_decay_schedule`), used as it is; then warmup_steps must be 0.
     """
-    if learning_rate <= 0:
+    if callable(learning_rate):
+        if warmup_steps:
+            raise ValueError(f"warmup_steps={warmup_steps} with a schedule as learning_rate: put the "
+                             "warm-up into the schedule and pass warmup_steps=0.")
+    elif learning_rate <= 0:
         raise ValueError(f"optim.lr must be > 0, got {learning_rate}.")
     if warmup_steps < 0:
         raise ValueError(f"optim.warmup must be >= 0, got {warmup_steps}.")
-    if warmup_steps > 0:
+    if callable(learning_rate):
+        schedule = learning_rate
+    elif warmup_steps > 0:
         schedule = lambda k: learning_rate * jnp.minimum(1.0, (k + 1.0) / warmup_steps)  # noqa: E731
     else:
         schedule = learning_rate
