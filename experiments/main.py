@@ -1,8 +1,8 @@
-r"""Entry point: train, sample or evaluate a score-based model.
+r"""Entry point: train, sample or evaluate a score-based model (run from the repository root).
 
-    python experiments/main.py --config=experiments/configs/digits_vp.py --workdir=/tmp/digits
-    python experiments/main.py --config=experiments/configs/digits_vp.py --workdir=/tmp/digits --mode=eval
-    python experiments/main.py --config=experiments/configs/toy2d.py:ring --config.training.num_steps=2000 ...
+    python -m experiments.main --config=experiments/configs/digits_vp.py --workdir=/tmp/digits
+    python -m experiments.main --config=experiments/configs/digits_vp.py --workdir=/tmp/digits --mode=eval
+    python -m experiments.main --config=experiments/configs/toy2d.py:ring --config.training.num_steps=2000 ...
 
 --mode=train trains (resuming from the newest good checkpoint in --workdir; restart
 the same command after a crash or kill -9) and then evaluates; --mode=sample writes a
@@ -21,13 +21,8 @@ splits it over its local devices, and gradients are averaged across devices by p
 SIGTERM (pre-emption) saves a checkpoint and exits with status 143.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an experiment config (get_config()).", lock_config=True)
@@ -41,25 +36,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    from absl import logging
-
     if FLAGS.verbosity == 0:  # orbax logs every save at INFO; keep stdout for our metrics
         logging.set_verbosity(logging.WARNING)
     from scoresde import parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from experiments import train
+    # Imported after jax.distributed.initialize, which must come before any backend use.
+    from experiments import guided, train
 
-    if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "sample":
-        print(train.sample(FLAGS.config, FLAGS.workdir))
-    elif FLAGS.mode in ("guided", "inverse"):
-        from experiments import guided
-
-        getattr(guided, FLAGS.mode)(FLAGS.config, FLAGS.workdir)
-    else:
-        train.evaluate(FLAGS.config, FLAGS.workdir)
+    modes = {"train": train.train_and_evaluate, "sample": train.sample, "eval": train.evaluate,
+             "guided": guided.guided, "inverse": guided.inverse}
+    out = modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == "sample":
+        print(out)
 
 
 if __name__ == "__main__":

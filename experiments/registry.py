@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from scoresde import losses, parameterization as param, sde as sde_lib
 from scoresde import models, sampling
+from scoresde.training import make_optimizer
 
 
 def _pick(table: dict[str, Callable], name: str, option: str):
@@ -77,6 +78,13 @@ def build_time_sampler(config):
 
 def build_sampler(config):
     return _pick(SAMPLERS, config.sampling.method, "sampling.method")(config.sampling.n_steps)
+
+
+def build_optimizer(config):
+    """optim.* -> clipped Adam(W) with linear warm-up (`scoresde.training.make_optimizer`)."""
+    o = config.optim
+    return make_optimizer(o.lr, warmup_steps=o.warmup, grad_clip=o.grad_clip, weight_decay=o.weight_decay,
+                          b1=o.get("b1", 0.9), b2=o.get("b2", 0.999), eps=o.get("eps", 1e-8))
 
 
 def model_input_shape(config, data_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,6 +1,10 @@
 """Experiments: configs build, bad config values fail before training with the option and
-the valid choices, and a tiny 2-D run trains and resumes bitwise with the same command (eval mode:
-experiments/benchmarks/results/digits_default.md)."""
+the valid choices, a tiny 2-D run trains and resumes bitwise with the same command, and
+the guided / inverse modes run end to end on a 2-step MLP (a smoke test of their files and
+JSON; their numbers on trained U-Nets: experiments/benchmarks/results/guided_digits.md,
+the eval mode's: results/digits_default.md). The inverse solvers' correctness is tested
+against closed forms in test_guidance.py; here, the reported quantities that the mode
+computes itself are checked against independent computations."""
 
 import json
 import os
@@ -8,9 +12,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import registry, train
 from experiments.configs import cifar10_ddpmpp, digits_subvp, digits_ve, digits_vp, mnist, toy2d
+from scoresde import data as data_lib
 from scoresde.training import Checkpointer
 
 
@@ -41,8 +47,8 @@ def tiny_toy():
 
 @pytest.mark.parametrize("module", [digits_vp, digits_subvp, digits_ve, toy2d, mnist, cifar10_ddpmpp])
 def test_configs_build(module):
-    s = train.Setup(module.get_config())
-    assert s.host_batch % jax.local_device_count() == 0
+    exp = train.build(module.get_config())
+    assert exp.host_batch % jax.local_device_count() == 0
 
 
 @pytest.mark.parametrize("option, value, valid", [
@@ -86,13 +92,12 @@ def test_mlp_on_images_and_unet_on_vectors():
     c.model.name = "unet"
     c.model.kwargs = {}
     with pytest.raises(ValueError, match="model.name='unet' needs images"):
-        train.Setup(c)
+        train.build(c)
     assert registry.model_input_shape(digits_vp.get_config(), (8, 8, 1)) == (64,)
 
 
-def _final_state(workdir, s):
-    state, meta = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False).restore_latest(s.init_state())
-    return state, meta
+def _final_state(workdir, exp):
+    return Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False).restore_latest(train.init_state(exp))
 
 
 def test_toy_run_resumes_bitwise(tmp_path):
@@ -103,14 +108,13 @@ def test_toy_run_resumes_bitwise(tmp_path):
     c3.training.num_steps = 3
     train.train_and_evaluate(c3, part)                  # stopped after step 3 ...
     train.train_and_evaluate(c, part)                   # ... same command again: resumes to 6
-    s = train.Setup(c)
-    a, ma = _final_state(full, s)
-    b, mb = _final_state(part, s)
+    exp = train.build(c)
+    a, ma = _final_state(full, exp)
+    b, mb = _final_state(part, exp)
     assert ma["step"] == mb["step"] == 6 and mb["data_batches"] == 6
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tb")))
-
 
 
 def tiny_digits(conditional: bool):
@@ -131,21 +135,29 @@ def tiny_digits(conditional: bool):
     return c
 
 
+def _png_size(png, rows, cols, side=8, scale=4, pad=1):
+    """experiments.plots.grid_png's size for a rows x cols grid of side x side images."""
+    assert Image.open(png).size == ((cols * (side + pad) + pad) * scale, (rows * (side + pad) + pad) * scale)
+    return True
+
+
 def test_guided_and_inverse_modes(tmp_path):
-    """--mode=guided / --mode=inverse plumbing on a 2-step MLP (flat inputs): PNGs and JSON
-    written, rows per weight and method, observed pixels exact, A x = y for super-resolution
-    by replacement.
-    (Their numbers on trained U-Nets: experiments/benchmarks/results/guided_digits.md.)"""
+    """--mode=guided / --mode=inverse end to end on a 2-step MLP (flat inputs): one run of
+    each. Checked: the files, rows per weight and method, and what the modes compute
+    themselves -- the judge on the true images, the observation baseline's round trip
+    through the data's levels, Pi-GDM's data variance and the label-recovery fractions."""
     from experiments import guided
 
     cond = str(tmp_path / "cond")
     train.train_and_evaluate(tiny_digits(True), cond)
+    assert os.listdir(os.path.join(cond, "best")) == ["2"]  # validated and selected
+
     out = guided.guided(tiny_digits(True), cond)
     assert [r["w"] for r in out["rows"]] == [0.0, 2.0]
-    for r in out["rows"]:
-        assert os.path.exists(r["png"]) and 0.0 <= r["agreement"] <= 1.0 and np.isfinite(r["fd"])
-    assert json.load(open(os.path.join(cond, "guided.json")))["per_class"] == 2
-    assert os.listdir(os.path.join(cond, "best")) == ["2"]  # validated and selected
+    for r in out["rows"]:  # 2 samples per class: a 10 x 2 grid, one row per class
+        assert _png_size(r["png"], rows=10, cols=2) and 0.0 <= r["agreement"] <= 1.0 and np.isfinite(r["fd"])
+        assert r["agreement"] * 20 == pytest.approx(round(r["agreement"] * 20))  # a fraction of 20 samples
+    assert json.load(open(os.path.join(cond, "guided.json"))) == json.loads(json.dumps(out, default=float))
 
     with pytest.raises(ValueError, match="--mode=guided needs a class-conditional model"):
         guided.guided(tiny_digits(False), cond)
@@ -153,16 +165,23 @@ def test_guided_and_inverse_modes(tmp_path):
     bad.guidance.methods = ("replacement", "magic")
     with pytest.raises(ValueError, match=r"guidance.methods has unknown entries \['magic'\]"):
         guided.inverse(bad, cond)
+
     # the prior of the inverse problems: the conditional network at the null label
     inv = guided.inverse(tiny_digits(True), cond)
+    assert json.load(open(os.path.join(cond, "inverse.json"))) == json.loads(json.dumps(inv, default=float))
     assert inv["n_examples"] == 12
+    # Pi-GDM's isotropic prior variance: the mean per-pixel variance of the training digits
+    # at their bins' centres (the data scale), computed here independently.
+    levels, _ = data_lib.load_arrays("digits", "train")
+    centres = (2.0 * (np.asarray(levels, np.float64).reshape(len(levels), -1) + 0.5) / 17 - 1.0)
+    assert inv["data_var"] == pytest.approx(centres.var(axis=0).mean(), rel=1e-5)
     for name, n_methods in (("inpaint", 3), ("sr2x", 2)):  # SMC runs on inpainting only
         p = inv["problems"][name]
-        assert os.path.exists(p["png"]) and len(p["rows"]) == 2 + n_methods
-        truth = p["rows"][0]
-        assert truth["label_recovery"] > 0.9 and truth["max_abs_Ax_minus_y"] < 1e-6
-        for r in p["rows"][2:]:
-            if name == "inpaint":  # the final projection is exact selection, whatever the prior
-                assert r["observed_levels_equal_input"] and r["max_abs_Ax_minus_y"] == 0.0, r
-            elif r["method"].startswith("replacement"):  # (Pi-GDM with a 2-step network may blow up)
-                assert r["max_abs_Ax_minus_y"] < 1e-5, r
+        assert _png_size(p["png"], rows=2 + n_methods, cols=10) and len(p["rows"]) == 2 + n_methods
+        truth, observed = p["rows"][:2]
+        assert truth["label_recovery"] > 0.9  # the judge recognises the true test digits
+        if name == "inpaint":  # observed pixels shown at their bins' centres map back to the input levels
+            assert observed["observed_levels_equal_input"]
+        for r in p["rows"]:
+            assert r["label_recovery"] * 12 == pytest.approx(round(r["label_recovery"] * 12))
+        assert [r["nfe"] for r in p["rows"][2:]] == [5, 21, 15][:n_methods]  # 4 + 1; 20 + 1; 3 x (4 + 1)
