@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 
 def grid_png(levels: np.ndarray, num_levels: int, path: str, *, ncol: int | None = None, scale: int = 4,
-             pad: int = 1) -> str:
-    """Integer images (N, H, W, C) in 0..num_levels-1 -> one PNG grid, each pixel scale x scale."""
+             pad: int = 1, row_labels: Sequence[str] | None = None, label_width: int = 60) -> str:
+    """Integer images (N, H, W, C) in 0..num_levels-1 -> one PNG grid, each pixel scale x scale.
+
+    row_labels: one caption per grid row, written in a white margin of label_width pixels
+    on the left.
+    """
     levels = np.asarray(levels)
     n, h, w, c = levels.shape
     ncol = ncol or int(np.ceil(np.sqrt(n)))
@@ -19,7 +25,18 @@ def grid_png(levels: np.ndarray, num_levels: int, path: str, *, ncol: int | None
         r, q = divmod(i, ncol)
         img[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = vals[i]
     img = np.repeat(np.repeat(img, scale, 0), scale, 1)
-    Image.fromarray(img[..., 0] if c == 1 else img).save(path)
+    im = Image.fromarray(img[..., 0] if c == 1 else img)
+    if row_labels is not None:
+        if len(row_labels) != nrow:
+            raise ValueError(f"row_labels has {len(row_labels)} entries but the grid has {nrow} rows "
+                             f"({n} images, ncol={ncol}); give one label per row.")
+        framed = Image.new(im.mode, (im.width + label_width, im.height), 255 if c == 1 else (255,) * 3)
+        framed.paste(im, (label_width, 0))
+        draw = ImageDraw.Draw(framed)
+        for r, text in enumerate(row_labels):
+            draw.text((2, (pad + r * (h + pad) + h // 2) * scale - 5), text, fill=0 if c == 1 else (0,) * 3)
+        im = framed
+    im.save(path)
     return path
 
 
