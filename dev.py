@@ -26,7 +26,7 @@ STAMP = VENV / ".scoresde-install-stamp"
 # Trains the U-Net on the embedded digits (<= 15 min on 2 CPU cores), then writes
 # test bits/dim, samples.png and sample-quality numbers to workdir/digits/metrics.json.
 # Re-running resumes from the newest checkpoint (a finished run just re-evaluates).
-MAIN_JOB = ["experiments/main.py", "--config=experiments/configs/digits_unet.py", "--workdir=workdir/digits"]
+MAIN_JOB = ["-m", "experiments.main", "--config=experiments/configs/digits_unet.py", "--workdir=workdir/digits"]
 
 
 def _spec_hash() -> str:

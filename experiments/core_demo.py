@@ -1,8 +1,9 @@
 """The numerical core on a 2-D Gaussian mixture, printed as tables.
 
-    python experiments/core_demo.py
+    python -m experiments.core_demo
 
-For the ring of 8 Gaussians (std 0.5, radius 4) and every SDE: the schedule at a few
+For the ring of 8 Gaussians (std 0.5, radius 4; `scoresde.data.ring_mixture`, the
+benchmarks' case A) and every SDE: the schedule at a few
 times, the DSM loss of the exact score against perturbed scores, and the variance of
 the likelihood-weighted loss with uniform versus importance-sampled times.
 """
@@ -15,12 +16,7 @@ import numpy as np
 
 from scoresde import (CosineVPSDE, LikelihoodImportanceTime, LikelihoodWeighting, SubVPSDE, UniformTime,
                       VESDE, VPSDE, convert, dsm_loss)
-from scoresde.analytic import GaussianMixture
-
-
-def ring_mixture():
-    ang = jnp.arange(8) * 2 * jnp.pi / 8
-    return GaussianMixture.isotropic(jnp.ones(8) / 8, 4 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1), 0.25)
+from scoresde.data import ring_mixture
 
 
 def main():

@@ -7,19 +7,15 @@ with fixed seeds, bits/dim = -(log p(x) + D log(2/17)) / (D ln 2) (see
 scoresde.data.pipeline / scoresde.likelihood.bits_per_dim). Full covariances, 1 to 20
 components, reg_covar on a grid. Prints a markdown table (best reg_covar per K).
 
-    python experiments/benchmarks/gmm_baseline.py
+    python -m experiments.benchmarks.gmm_baseline
 """
 
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import numpy as np
+from sklearn.mixture import GaussianMixture
 
-import numpy as np  # noqa: E402
-from sklearn.mixture import GaussianMixture  # noqa: E402
-
-from scoresde.data import load_arrays, scale_images  # noqa: E402
+from scoresde.data import load_arrays, scale_images
 
 L, D = 17, 64
 

@@ -1,6 +1,6 @@
 """Speed of one training step (loss + grad + Adam update) of the score networks on CPU.
 
-    python experiments/benchmarks/models.py [--batch 128] [--repeats 20]
+    python -m experiments.benchmarks.models [--batch 128] [--repeats 20] [--only digits]
 
 Prints a markdown table: configuration, parameters, ms per forward pass and ms per
 train step (median over repeats, after compilation). The digits configs are the ones

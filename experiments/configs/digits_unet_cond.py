@@ -1,9 +1,9 @@
 """Class-conditional U-Net on the embedded digits for classifier-free guidance
-(experiments/guided_digits.py): the main-job U-Net with a label embedding and label
+(--mode=guided, experiments/guided.py): the main-job U-Net with a label embedding and label
 dropout 0.1 (the null label gives the unconditional score from the same network).
 
 Selection on the validation DSM loss with the true labels (cheap); no end-of-run
-evaluation (guided_digits.py evaluates the guided samples).
+evaluation (--mode=guided evaluates the guided samples).
 """
 
 import ml_collections
