@@ -42,11 +42,15 @@ def main(argv):
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     # Imported after jax.distributed.initialize, which must come before any backend use.
-    from experiments import guided, train
+    from experiments import train
 
-    modes = {"train": train.train_and_evaluate, "sample": train.sample, "eval": train.evaluate,
-             "guided": guided.guided, "inverse": guided.inverse}
-    out = modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode in ("guided", "inverse"):
+        from experiments import guided
+
+        run = getattr(guided, FLAGS.mode)
+    else:
+        run = {"train": train.train_and_evaluate, "sample": train.sample, "eval": train.evaluate}[FLAGS.mode]
+    out = run(FLAGS.config, FLAGS.workdir)
     if FLAGS.mode == "sample":
         print(out)
 
