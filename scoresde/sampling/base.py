@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from scoresde._checks import check_batched, check_float_data, check_same_shape
 from scoresde._keys import per_example_keys
 from scoresde._types import Array, PyTree, ScoreFn
-from scoresde._util import batch_time, call_score, check_cond
+from scoresde._util import batch_time, bind_cond, call_score, check_cond, check_steps, scan_grid
 from scoresde.parameterization import x0_from_score
+from scoresde.sampling.grids import AbstractTimeGrid
 from scoresde.sde import AbstractSDE
 
 
@@ -69,6 +70,32 @@ class AbstractSampler(eqx.Module):
     def run(self, score_fn: ScoreFn, sde: AbstractSDE, keys: Array, x_T: Array, cond: PyTree,
             save_trajectory: bool) -> tuple[Array, Array, Optional[Array]]:
         """Integrate from x_T at t=T to t=eps; see the class docstring."""
+
+
+class AbstractGridSampler(AbstractSampler):
+    """A fixed-step sampler on a time grid t_0 = T > ... > t_n = eps (`grid(sde, n_steps)`),
+    one `step` per grid interval, run as one lax.scan; NFE = n_steps * evals_per_step.
+
+    Subclasses implement `step(score, sde, keys, i, x, t, t_next) -> x_next`, where
+    `score(x, t)` is the batch's score with its conditioning bound and step i draws its
+    noise from the per-example keys folded with i."""
+
+    n_steps: eqx.AbstractVar[int]
+    grid: eqx.AbstractVar[AbstractTimeGrid]
+
+    def __check_init__(self):
+        check_steps(self.n_steps)
+
+    @abc.abstractmethod
+    def step(self, score: ScoreFn, sde: AbstractSDE, keys: Array, i, x: Array, t, t_next) -> Array:
+        """One step from t to t_next < t."""
+
+    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
+        ts = self.grid(sde, self.n_steps, x_T.dtype)
+        score = bind_cond(score_fn, cond)
+        x, traj = scan_grid(lambda i, x, t, t_next: self.step(score, sde, keys, i, x, t, t_next),
+                            x_T, ts, save_trajectory)
+        return x, jnp.asarray(self.n_steps * self.evals_per_step), traj
 
 
 def tweedie_denoise(score_fn: ScoreFn, sde: AbstractSDE, x: Array, t, cond: PyTree = None) -> Array:

@@ -16,9 +16,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._util import (add_batch_axis, batch_time, bind_cond, call_score, check_steps,
-                            rk_evaluations, scan_grid)
-from scoresde.sampling.base import AbstractSampler
+from scoresde._util import add_batch_axis, batch_time, call_score, rk_evaluations
+from scoresde.sampling.base import AbstractGridSampler, AbstractSampler
 from scoresde.sampling.grids import AbstractTimeGrid, UniformTimeGrid
 
 
@@ -71,7 +70,7 @@ class ProbabilityFlowODE(AbstractSampler):
         return ys[-1], rk_evaluations(self.solver, jnp.max(steps)), (ys if save_trajectory else None)
 
 
-class ODEEuler(AbstractSampler):
+class ODEEuler(AbstractGridSampler):
     """Euler's method on the probability-flow ODE over a fixed grid (order 1):
 
         x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i),  v = f x - g^2 score / 2.
@@ -84,22 +83,11 @@ class ODEEuler(AbstractSampler):
     order = 1
     evals_per_step = 1
 
-    def __check_init__(self):
-        check_steps(self.n_steps)
-
-    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
-        del keys
-        ts = self.grid(sde, self.n_steps, x_T.dtype)
-        score = bind_cond(score_fn, cond)
-
-        def step(i, x, t, t_next):
-            return x + (t_next - t) * sde.ode_drift(score, x, batch_time(t, x))
-
-        x, traj = scan_grid(step, x_T, ts, save_trajectory)
-        return x, jnp.asarray(self.n_steps), traj
+    def step(self, score, sde, keys, i, x, t, t_next):
+        return x + (t_next - t) * sde.ode_drift(score, x, batch_time(t, x))
 
 
-class ODEHeun(AbstractSampler):
+class ODEHeun(AbstractGridSampler):
     """Heun's method (explicit trapezoid, order 2) on the probability-flow ODE:
 
         k1 = v(x_i, t_i),  k2 = v(x_i + h k1, t_{i+1}),  x_{i+1} = x_i + h (k1 + k2) / 2,
@@ -114,19 +102,8 @@ class ODEHeun(AbstractSampler):
     order = 2
     evals_per_step = 2
 
-    def __check_init__(self):
-        check_steps(self.n_steps)
-
-    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
-        del keys
-        ts = self.grid(sde, self.n_steps, x_T.dtype)
-        score = bind_cond(score_fn, cond)
-
-        def step(i, x, t, t_next):
-            h = t_next - t
-            k1 = sde.ode_drift(score, x, batch_time(t, x))
-            k2 = sde.ode_drift(score, x + h * k1, batch_time(t_next, x))
-            return x + 0.5 * h * (k1 + k2)
-
-        x, traj = scan_grid(step, x_T, ts, save_trajectory)
-        return x, jnp.asarray(2 * self.n_steps), traj
+    def step(self, score, sde, keys, i, x, t, t_next):
+        h = t_next - t
+        k1 = sde.ode_drift(score, x, batch_time(t, x))
+        k2 = sde.ode_drift(score, x + h * k1, batch_time(t_next, x))
+        return x + 0.5 * h * (k1 + k2)

@@ -19,9 +19,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._util import batch_time, bcast, bind_cond, check_steps, normal_like, scan_grid
+from scoresde._util import batch_time, bcast, check_steps, normal_like
 from scoresde.parameterization import x0_from_score
-from scoresde.sampling.base import AbstractSampler
+from scoresde.sampling.base import AbstractGridSampler
 from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
 
 
@@ -186,7 +186,7 @@ class NoneCorrector(AbstractCorrector):
         return x
 
 
-class PredictorCorrector(AbstractSampler):
+class PredictorCorrector(AbstractGridSampler):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1):
 
         for i = 0..n-1:  x <- corrector(x, t_i);  x <- predictor(x, t_i -> t_{i+1}).
@@ -207,20 +207,10 @@ class PredictorCorrector(AbstractSampler):
     grid: AbstractTimeGrid = LogSNRGrid()
     order = 1
 
-    def __check_init__(self):
-        check_steps(self.n_steps)
-
     @property
     def evals_per_step(self):
         return self.predictor.n_evals + self.corrector.n_evals
 
-    def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
-        ts = self.grid(sde, self.n_steps, x_T.dtype)
-        score = bind_cond(score_fn, cond)
-
-        def step(i, x, t, t_next):
-            x = self.corrector.step(score, sde, keys, x, t, t_next, (i, 1))
-            return self.predictor.step(score, sde, keys, x, t, t_next, (i, 0))
-
-        x, traj = scan_grid(step, x_T, ts, save_trajectory)
-        return x, jnp.asarray(self.n_steps * self.evals_per_step), traj
+    def step(self, score, sde, keys, i, x, t, t_next):
+        x = self.corrector.step(score, sde, keys, x, t, t_next, (i, 1))
+        return self.predictor.step(score, sde, keys, x, t, t_next, (i, 0))
