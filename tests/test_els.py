@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import enable_x64
 
-from scoresde.analytic import GaussianMixture
+from scoresde.analytic import AbstractExactScore, GaussianMixture
 from scoresde.analytic.calibration import (PatchSchedule, calibrate_patch_sizes,
                                            cosine_similarity, scheduled_score_fn)
 from scoresde.analytic.ideal import IdealScore, ideal_score_fn
@@ -224,17 +224,72 @@ def test_calibration_recovers_a_known_schedule():
     net = scheduled_score_fn(machines, true, SDE)
     traj = jnp.stack([jnp.asarray(x, jnp.float32) * SDE.sigma(t) for t in times])
     score = jax.jit(lambda m, x, t: m.score(x, t, SDE))
-    sched, cos = calibrate_patch_sizes(jax.jit(net), lambda p: (lambda x, t: score(machines[p], x, t)),
-                                       traj, times,
-                                       (1, 3, 5), batch_size=4)
+    net_j = jax.jit(net)
+    sched, cos = calibrate_patch_sizes(net_j, lambda p: (lambda x, t: score(machines[p], x, t)),
+                                       traj, times, (1, 3, 5), batch_size=4)
     assert sched.sizes == true.sizes
     np.testing.assert_allclose(cos[np.arange(4), [2, 2, 1, 0]], 1.0, atol=1e-5)
     assert sched.size_at(0.2) == 1 and sched.size_at(0.88) == 5
     # per-example t selects per example
     tb = jnp.array([0.9, 0.2])
-    got = jax.jit(net)(traj[0, :2], tb)
-    np.testing.assert_allclose(got[1], machines[1].score(traj[0, 1:2], 0.2, SDE)[0], rtol=1e-5)
-    np.testing.assert_allclose(cosine_similarity(got, got), 1.0, rtol=1e-6)
+    got = net_j(traj[0, :2], tb)
+    np.testing.assert_allclose(got[0], machines[5].score(traj[0, :1], 0.9, SDE)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], machines[1].score(traj[0, 1:2], 0.2, SDE)[0], rtol=1e-5, atol=1e-6)
+    # Every entry of the calibration table (not only the matched ones, which are 1 by
+    # construction) is the median over samples of the cosine, recomputed here in numpy
+    # (scores in the calibration's own batches of 4 and 2, so the compiled calls are reused).
+    def scores(f, i):
+        return np.concatenate([np.asarray(f(traj[i, lo:lo + 4], times[i]), np.float64).reshape(-1, 36)
+                               for lo in (0, 4)])
+
+    for i in range(4):
+        s_net = scores(net_j, i)
+        for j, p in enumerate((1, 3, 5)):
+            s_p = scores(lambda x, t: score(machines[p], x, t), i)
+            c = (s_p * s_net).sum(1) / np.sqrt((s_p**2).sum(1) * (s_net**2).sum(1))
+            np.testing.assert_allclose(cos[i, j], np.median(c), rtol=1e-5, atol=1e-6)
+    assert cos.min() < 0.99  # the other sizes are distinguishable (the argmax is not vacuous)
+
+
+def test_cosine_similarity_against_numpy():
+    """cosine_similarity(a, b)_i = <a_i, b_i> / (||a_i|| ||b_i||) over all but the batch
+    axis: known angles (parallel, antiparallel, orthogonal, 60 degrees, any scale) and
+    random batches against a float64 numpy computation."""
+    a = jnp.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
+    b = jnp.array([[5.0, 0.0], [-0.1, 0.0], [0.0, 3.0], [0.5 * 7, 0.5 * np.sqrt(3) * 7], [-1.0, 1.0]])
+    np.testing.assert_allclose(cosine_similarity(a, b), [1.0, -1.0, 0.0, 0.5, 0.0], atol=1e-6)
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(2, 6, 3, 4, 2))
+    y[0] = 3.0 * x[0]  # scaled copies are at cosine 1 whatever the scale
+    xf, yf = x.reshape(6, -1), y.reshape(6, -1)
+    ref = (xf * yf).sum(1) / np.sqrt((xf**2).sum(1) * (yf**2).sum(1))
+    np.testing.assert_allclose(cosine_similarity(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
+                               ref, rtol=1e-5, atol=1e-6)
+
+
+def test_every_exact_score_is_one_interface():
+    """GaussianMixture, IdealScore, LSMachine and ELSMachine are AbstractExactScores whose
+    score and denoiser obey Tweedie's formula D = (x + sigma^2 score) / alpha (written out
+    here; LS and ELS share one implementation, checked on ELS); `score_fn(sde)` /
+    `denoiser(sde)` bind the SDE and pass conditioning through (class labels y of the
+    class-conditional ideal score)."""
+    with enable_x64(True):
+        train, x = _data(11, 5, (4, 4, 1), 3)
+        train, x = jnp.asarray(train), jnp.asarray(x)
+        t = jnp.array([0.2, 0.5, 0.8])
+        a, s = SDE.alpha(t), SDE.sigma(t)
+        gm = GaussianMixture.isotropic(jnp.full(5, 0.2), train.reshape(5, -1), 0.3)
+        xf = x.reshape(3, -1)
+        np.testing.assert_array_equal(gm.score_fn(SDE)(xf, t), gm.score(xf, t, SDE))
+        y = jnp.array([1, 0, 1])
+        cond = IdealScore(train, train_labels=jnp.array([0, 1, 0, 1, 1]))
+        np.testing.assert_array_equal(cond.score_fn(SDE)(x, t, y), cond.score(x, t, SDE, y))
+        cases = [(gm, xf, ()), (cond, x, (y,)), (ELSMachine(train, 3), x, ())]
+        assert all(issubclass(c, AbstractExactScore) for c in (GaussianMixture, IdealScore, LSMachine, ELSMachine))
+        for m, xx, c in cases:
+            score, D = m.score(xx, t, SDE, *c), m.denoiser(SDE)(xx, t, *c)
+            ab, sb = (v.reshape((3,) + (1,) * (xx.ndim - 1)) for v in (a, s))
+            np.testing.assert_allclose(D, (xx + sb**2 * score) / ab, rtol=1e-9, atol=1e-9)
 
 
 def test_bad_arguments_fail_clearly():

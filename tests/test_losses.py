@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from scoresde import (AntitheticTime, DiscreteTime, EDMWeighting, EpsPrediction,
-                      LikelihoodImportanceTime, LikelihoodWeighting, SimpleWeighting,
-                      StratifiedTime, UniformTime, VESDE, VPSDE, dsm_loss, score_fn_from_network)
+                      LikelihoodImportanceTime, LikelihoodWeighting, LogNormalTime, SimpleWeighting,
+                      StratifiedTime, SubVPSDE, UniformTime, VESDE, VPSDE, dsm_loss, score_fn_from_network)
 from scoresde.analytic import GaussianMixture
+
+from helpers import ring as ring_case
 
 
 @pytest.fixture(scope="module")
 def ring():
     """Case A of the sampler benchmark: 8 components of std 0.5 on a circle of radius 4."""
-    ang = jnp.arange(8) * 2 * jnp.pi / 8
-    means = 4 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1)
-    return GaussianMixture.isotropic(jnp.ones(8) / 8, means, 0.25)
+    return ring_case()
 
 
 PERTURBATIONS = {
@@ -95,6 +95,43 @@ def test_low_discrepancy_times_are_unbiased(ring, sampler):
     assert len(np.unique(np.clip(idx, 0, 999))) == 1000
 
 
+@pytest.mark.parametrize("base", [StratifiedTime(), AntitheticTime(), UniformTime()],
+                         ids=["stratified", "antithetic", "uniform"])
+def test_importance_time_is_driven_by_its_base_sampler(base):
+    """LikelihoodImportanceTime(base=...) maps the base's variates u to the log-SNR
+    lambda(eps) + u (lambda(T) - lambda(eps)) (so a stratified / antithetic base spreads
+    the log-SNR the same way), with w = Z / ((T - eps) g^2 / sigma^2), and is unbiased:
+    E[w h(t)] = (1/(T - eps)) int h dt, checked on h(t) = t, whose average is (eps + T) / 2.
+    """
+    sde = VPSDE()
+    n = 2048
+    key = jax.random.PRNGKey(7)
+    t, w = LikelihoodImportanceTime(base=base)(key, n, sde)
+    u = base.unit(key, n)
+    lam_eps, lam_T = sde.log_snr(sde.eps), sde.log_snr(sde.T)
+    np.testing.assert_allclose(sde.log_snr(t), lam_eps + u * (lam_T - lam_eps), rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(w, (lam_eps - lam_T) / ((sde.T - sde.eps) * sde.g2(t) / sde.sigma(t) ** 2),
+                               rtol=1e-6)
+    est = [float(jnp.mean(jnp.prod(jnp.stack(LikelihoodImportanceTime(base=base)(k, n, sde)), 0)))
+           for k in jax.random.split(jax.random.PRNGKey(8), 16)]
+    se = np.std(est) / np.sqrt(len(est))
+    assert abs(np.mean(est) - (sde.eps + sde.T) / 2) < 4 * se + 1e-4, (np.mean(est), se)
+
+
+def test_importance_time_defaults_and_errors():
+    """The default base is StratifiedTime (the main job's sampler); `stratified` is a
+    shorthand for the base; wrong arguments say what to pass."""
+    sde, key = VPSDE(), jax.random.PRNGKey(0)
+    for a, b in [(LikelihoodImportanceTime(), LikelihoodImportanceTime(base=StratifiedTime())),
+                 (LikelihoodImportanceTime(stratified=True), LikelihoodImportanceTime(base=StratifiedTime())),
+                 (LikelihoodImportanceTime(stratified=False), LikelihoodImportanceTime(base=UniformTime()))]:
+        np.testing.assert_array_equal(a(key, 64, sde)[0], b(key, 64, sde)[0])
+    with pytest.raises(ValueError, match="base or stratified"):
+        LikelihoodImportanceTime(base=UniformTime(), stratified=True)
+    with pytest.raises(TypeError, match="AbstractUnitSampler"):
+        LikelihoodImportanceTime(base=LogNormalTime())
+
+
 def test_ddpm_l_simple_is_a_special_case():
     """VP + SimpleWeighting + eps-network + DiscreteTime(N) + mean over pixels = DDPM's L_simple.
 
@@ -126,33 +163,52 @@ def test_ddpm_l_simple_is_a_special_case():
     np.testing.assert_allclose(np.log(ab_ours)[50:], np.log(ab_ddpm)[50:], rtol=2e-2)
 
 
-def test_edm_weighting_is_edm_loss():
-    """lambda_EDM(sh) || D - x0 ||^2 (Karras et al. 2022, eq. 8) computed through the score."""
-    sde = VESDE()
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_edm_weighting_is_edm_loss(sde):
+    """lambda_EDM(sh) || D - x0 ||^2 (Karras et al. 2022, eq. 8) computed through the score.
+
+    EDM works on x_hat = x / alpha at noise level sh = sigma / alpha, so with a denoiser D
+    (an x0 prediction) and score = -(x - alpha D) / sigma^2 (written by hand here) the
+    per-example loss must be (sh^2 + sd^2) / (sh sd)^2 || D(x_t) - x0 ||^2. VE has alpha = 1,
+    which would hide a missing alpha; VP and sub-VP do not (alpha(0.9) ~ 0.02).
+    """
     sd = 0.5
     x0 = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
-    D = lambda x, t: 0.8 * x
-    score = lambda x, t: -(x - D(x, t)) / sde.sigma(t)[:, None] ** 2  # alpha = 1
     t = jnp.linspace(0.1, 0.9, 16)
+    a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    D = lambda x, t: 0.8 * x / sde.alpha(t)[:, None] + 0.1
+    score = lambda x, t: -(x - sde.alpha(t)[:, None] * D(x, t)) / sde.sigma(t)[:, None] ** 2
     key = jax.random.PRNGKey(3)
     _, per = dsm_loss(score, sde, key, x0, weighting=EDMWeighting(sd), t=t)
-    xt, _ = sde.sample_marginal(jax.random.split(key)[1], x0, t)
-    s = sde.sigma(t)
-    lam = (s**2 + sd**2) / (s * sd) ** 2
+    xt = a * x0 + s * jax.random.normal(jax.random.split(key)[1], x0.shape)  # dsm_loss's own draw
+    sh = (s / a)[:, 0]
+    lam = (sh**2 + sd**2) / (sh * sd) ** 2
     np.testing.assert_allclose(per, lam * jnp.sum((D(xt, t) - x0) ** 2, -1), rtol=1e-4)
+    # lambda(t) itself: EDM's weight times d||D - x0||^2 / d||sigma s + z||^2 = sigma^4 / alpha^2.
+    np.testing.assert_allclose(EDMWeighting(sd)(t, sde), lam * s[:, 0] ** 4 / a[:, 0] ** 2, rtol=1e-5)
 
 
-def test_labels_pass_through_and_jit():
+def test_labels_reach_the_score_and_set_the_loss():
+    """dsm_loss(..., labels=y) calls score(x_t, t, y) with the labels in batch order: the
+    per-example loss equals || sigma s(x_t, t, y) + z ||^2 written out by hand (uniform
+    t, SimpleWeighting), under jit, and other labels give another loss."""
     sde = VPSDE()
-    seen = {}
-
-    def score(x, t, y):
-        seen["y"] = y
-        return -x + 0.0 * y[:, None]
-
-    f = jax.jit(lambda k, x, y: dsm_loss(score, sde, k, x, labels=y)[0])
-    out = f(jax.random.PRNGKey(0), jnp.ones((4, 2)), jnp.arange(4))
-    assert np.isfinite(float(out)) and seen["y"].shape == (4,)
+    score = lambda x, t, y: -x + 0.5 * y[:, None].astype(x.dtype)
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
+    y = jnp.arange(4)
+    key = jax.random.PRNGKey(0)
+    f = jax.jit(lambda k, x, y: dsm_loss(score, sde, k, x, labels=y))
+    loss, per = f(key, x0, y)
+    kt, kz = jax.random.split(key)
+    t = sde.eps + (sde.T - sde.eps) * jax.random.uniform(kt, (4,))
+    z = jax.random.normal(kz, x0.shape)
+    s = sde.sigma(t)[:, None]
+    xt = sde.alpha(t)[:, None] * x0 + s * z
+    by_hand = jnp.sum((s * score(xt, t, y) + z) ** 2, -1)
+    # atol: example 0 (label 0, t near eps) has a loss of 2e-5 from a cancelling residual.
+    np.testing.assert_allclose(per, by_hand, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(loss, jnp.mean(by_hand), rtol=1e-5)
+    assert np.all(np.abs(np.asarray(f(key, x0, y[::-1])[1] - per)) > 1e-3)
 
 
 def test_bad_input_errors():

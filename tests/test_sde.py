@@ -151,3 +151,41 @@ def test_bad_arguments_name_themselves():
         VPSDE().marginal(jnp.ones((2, 2)), 1.5)
     with pytest.raises(ValueError, match=r"t must lie in \[eps, T\]"):
         VPSDE().marginal(jnp.ones((2, 2)), jnp.array([0.5, 0.0]))
+
+
+def test_abstract_final_pattern():
+    """Equinox's abstract / final pattern in sde, parameterization, losses and analytic:
+    a class that is subclassed is named Abstract* and cannot be instantiated; no method
+    or property overrides a concrete one of a base class (only abstract ones are
+    implemented). Checked on the classes as defined, so a new class is covered too."""
+    import dataclasses
+    import inspect
+
+    import equinox as eqx
+
+    from scoresde import losses, parameterization, sde
+    from scoresde.analytic import _base, calibration, gaussian, ideal, local
+
+    mods = [sde, parameterization, losses, _base, gaussian, ideal, local, calibration]
+    classes = [c for m in mods for c in vars(m).values()
+               if isinstance(c, type) and issubclass(c, eqx.Module) and c.__module__ == m.__name__]
+    assert len(classes) > 20
+    for cls in classes:
+        if cls.__name__.startswith("Abstract"):
+            with pytest.raises(TypeError, match="abstract"):
+                cls()
+            # Fields live in final classes (an abstract one names them with eqx.AbstractVar).
+            assert not dataclasses.fields(cls), (cls.__name__, [f.name for f in dataclasses.fields(cls)])
+        else:
+            subs = [c.__name__ for c in classes if c is not cls and issubclass(c, cls)]
+            assert not subs, f"{cls.__name__} is concrete but subclassed by {subs}; make it Abstract*"
+        for name, member in vars(cls).items():
+            if (name.startswith("__") and name != "__call__") or not (
+                    inspect.isfunction(member) or isinstance(member, property)):
+                continue
+            for base in cls.__mro__[1:]:
+                if base is eqx.Module or name not in vars(base):
+                    continue
+                assert getattr(vars(base)[name], "__isabstractmethod__", False), (
+                    f"{cls.__name__}.{name} overrides the concrete {base.__name__}.{name}")
+                break
