@@ -163,12 +163,12 @@ def test_abstract_final_pattern():
 
     import equinox as eqx
 
-    from scoresde import losses, parameterization, sde
-    from scoresde.analytic import _base, calibration, gaussian, ideal, local
+    from scoresde import analytic, losses, parameterization, sde
+    from scoresde.analytic import calibration, gaussian, ideal, local
 
-    mods = [sde, parameterization, losses, _base, gaussian, ideal, local, calibration]
-    classes = [c for m in mods for c in vars(m).values()
-               if isinstance(c, type) and issubclass(c, eqx.Module) and c.__module__ == m.__name__]
+    mods = [sde, parameterization, losses, analytic, gaussian, ideal, local, calibration]
+    classes = list({c for m in mods for c in vars(m).values()
+                    if isinstance(c, type) and issubclass(c, eqx.Module) and c.__module__.startswith("scoresde.")})
     assert len(classes) > 20
     for cls in classes:
         if cls.__name__.startswith("Abstract"):
