@@ -3,12 +3,13 @@ r"""Controllable generation with trained models: classifier-free guidance and in
 Two modes of experiments/main.py (PNG grids and JSON land in --workdir):
 
     # class-conditional U-Net (label dropout 0.1), then guided samples at w = 0, 1, 2, 4
-    python experiments/main.py --config=experiments/configs/digits_unet_cond.py --workdir=workdir/digits_cond
-    python experiments/main.py --config=experiments/configs/digits_unet_cond.py --workdir=workdir/digits_cond --mode=guided
+    python -m experiments.main --config=experiments/configs/digits_unet_cond.py --workdir=workdir/digits_cond
+    python -m experiments.main --config=experiments/configs/digits_unet_cond.py --workdir=workdir/digits_cond --mode=guided
     # inpainting (top half observed) and 2x super-resolution of test images with the main-job U-Net
-    python experiments/main.py --config=experiments/configs/digits_unet.py --workdir=workdir/digits --mode=inverse
+    python -m experiments.main --config=experiments/configs/digits_unet.py --workdir=workdir/digits --mode=inverse
 
 --mode=guided: guided score (1 + w) s(x | c) - w s(x | null) with the config's sampler,
+labels and w passed as conditioning (sample(..., cond=(labels, w))),
 guidance.per_class samples per class for each w in guidance.weights; guided_w<w>.png
 (10 x 10 grid, one row per class) and guided.json. On the digits the toolkit's
 classifier (scoresde.metrics) scores agreement with the requested class, the confident
@@ -17,9 +18,10 @@ fraction and the Frechet distance on its features against the test digits.
 --mode=inverse: the test images with the top half observed (inpainting) and 2x2
 average-pooled (2x super-resolution), completed by the replacement method (with and
 without a Langevin corrector), by Pi-GDM (with DPM-Solver++) and, for inpainting, by
-twisted SMC (scoresde.guidance.smc, asymptotically exact as the particles grow);
-every output is projected onto the observation at the end (op.replace), so observed
-pixels equal the input exactly for inpainting. inpaint.png / sr2x.png (rows: truth,
+twisted SMC (scoresde.guidance.TwistedSMC, asymptotically exact as the particles grow),
+each observation passed per example as sample(..., cond=y); every output is projected
+onto the observation at the end (op.replace), so observed pixels equal the input exactly
+for inpainting. inpaint.png / sr2x.png (rows: truth,
 observation, one row per method) and inverse.json; on the digits, how often the
 classifier recovers the true label of each completed image.
 
@@ -27,7 +29,7 @@ Run as a script, this writes both tables to experiments/benchmarks/results/guide
 (--section guided / inverse recomputes one part and reads the other from its workdir's JSON;
 --section report only rewrites the table):
 
-    python experiments/guided.py --cond_workdir=workdir/digits_cond --uncond_workdir=workdir/digits
+    python -m experiments.guided --cond_workdir=workdir/digits_cond --uncond_workdir=workdir/digits
 
 guidance.methods picks the inverse-problem methods (twisted SMC, 32 particles, is the slow one).
 """
@@ -37,21 +39,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import plots, train  # noqa: E402
-from scoresde import data as data_lib  # noqa: E402
-from scoresde.guidance import (AveragePool, Inpainting, ReplacementSampler, TwistedSMC,  # noqa: E402
-                               classifier_free_guidance, pigdm_score, sample_conditional, sample_replacement,
-                               sample_twisted_smc)
-from scoresde.sampling import DPMSolverPP, EulerMaruyama, LangevinCorrector, sample  # noqa: E402
+from experiments import plots, train
+from scoresde import data as data_lib
+from scoresde.guidance import (AveragePool, Inpainting, ReplacementSampler, TwistedSMC, check_labels,
+                               classifier_free_guidance, pigdm_score)
+from scoresde.sampling import DPMSolverPP, LangevinCorrector, sample
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "results")
 
@@ -108,14 +106,16 @@ def guided(config, workdir: str) -> dict:
     score_y = _image_score(s.score_fn(params), s)
     k = s.info.num_classes
     labels = np.repeat(np.arange(k), g.per_class)
+    check_labels(labels, k)
     shape = tuple(s.info.shape)
     key = jax.random.PRNGKey(config.seed + 31)
     x_T = s.sde.prior_sample(jax.random.fold_in(key, 0), (len(labels),) + shape)
+    guided_score = classifier_free_guidance(score_y, num_classes=k)  # cond = (labels, w)
 
     @jax.jit
     def run(key, x, lab, w):
-        return sample_conditional(s.sampler, lambda lb: classifier_free_guidance(score_y, lb, w, num_classes=k),
-                                  s.sde, key, x, lab, denoise=config.sampling.denoise).samples
+        return sample(s.sampler, guided_score, s.sde, key, x, cond=(lab, jnp.broadcast_to(w, lab.shape)),
+                      denoise=config.sampling.denoise).samples
 
     clf = _judge(s)
     out = {"checkpoint": which, "checkpoint_step": step, "sampler": config.sampling.method,
@@ -149,33 +149,33 @@ def guided(config, workdir: str) -> dict:
 
 # ---------------------------------------------------------------------------- inverse problems
 def _methods(steps: int, problem: str, g) -> list:
-    """(name, NFE per example, build(score, sde, op, y, data_var) -> f(key, x_T (B, ...)) -> samples).
+    """(name, NFE per example, build(score, sde, op, data_var) -> f(key, x_T (B, ...), y (B, ...)) -> samples).
 
+    Every method goes through `sample(..., cond=y)` with one observation per test image.
     Pi-GDM's guidance is damped by alpha_t^2: with a trained network the twist gradient
     J^T A^T (...) / r_t^2 divides the network's error by alpha_T ~ 0.007 and the undamped
     sampler diverges (NaN) on these digits; alpha_t^2 ~ 1 for t < 0.1, where it matters for
-    the details. Twisted SMC uses the same damping in its proposal only; its weights keep
-    the target exact. SMC runs on inpainting only (K times the cost of Pi-GDM).
+    the details. Twisted SMC uses the same damped Pi-GDM score as its proposal only; its
+    weights keep the target exact. SMC runs on inpainting only (K times the cost of Pi-GDM).
     guidance.methods picks and orders the methods."""
     def replacement(corrector=None, n=steps):
-        sampler = ReplacementSampler(n) if corrector is None else ReplacementSampler(n, corrector=corrector)
-        return lambda sf, sde, op, y, v: (lambda k, x: sample_replacement(sampler, sf, sde, op, y, k, x).samples)
-
-    def pigdm(sampler):
-        return lambda sf, sde, op, y, v: (lambda k, x: sample(sampler, pigdm_score(
-            sf, sde, op, y, data_var=v, scale=lambda t: sde.alpha(t) ** 2), sde, k, x, denoise=True).samples)
-
-    def smc(K, n, sigma_y):
-        def build(sf, sde, op, y, v):
-            sm = TwistedSMC(n, K, proposal_scale=lambda t: sde.alpha(t) ** 2)
-
-            def f(k, x):
-                xs = sde.prior_sample(jax.random.fold_in(k, 2), (x.shape[0], K) + x.shape[1:], x.dtype)
-                return sample_twisted_smc(sm, sf, sde, op, y, k, xs, sigma_y=sigma_y, data_var=v).samples
-
-            return f
+        def build(sf, sde, op, v):
+            sm = ReplacementSampler(op, n) if corrector is None else ReplacementSampler(op, n, corrector=corrector)
+            prior = lambda x, t, y: sf(x, t)  # noqa: E731 - replacement: the unconditional score
+            return lambda k, x, y: sample(sm, prior, sde, k, x, cond=y, denoise=True).samples
 
         return build
+
+    def damped_pigdm(sf, sde, op, v, **kw):
+        return pigdm_score(sf, sde, op, data_var=v, scale=lambda t: sde.alpha(t) ** 2, **kw)
+
+    def pigdm(sampler):
+        return lambda sf, sde, op, v: (lambda k, x, y: sample(sampler, damped_pigdm(sf, sde, op, v), sde, k, x,
+                                                              cond=y, denoise=True).samples)
+
+    def smc(K, n, sigma_y):
+        return lambda sf, sde, op, v: (lambda k, x, y: sample(TwistedSMC(n, K), damped_pigdm(
+            sf, sde, op, v, sigma_y=sigma_y), sde, k, x, cond=y, denoise=True).samples)
 
     K, n, sy = g.smc_particles, g.smc_steps, g.smc_sigma_y
     table = {
@@ -186,7 +186,7 @@ def _methods(steps: int, problem: str, g) -> list:
                     lambda: pigdm(DPMSolverPP(n_steps=20))),
         "pigdm50": ("Pi-GDM (alpha^2-damped) + DPM-Solver++ (50 steps)", 51,
                     lambda: pigdm(DPMSolverPP(n_steps=50))),
-        "smc": (f"twisted SMC (TDS), {K} particles, EM {n} steps, sigma_y {sy:g}", K * (n + 1),
+        "smc": (f"twisted SMC (TDS), {K} particles, EM {n} steps, sigma_y {sy:g}", K * (n + 1) + 1,
                 lambda: smc(K, n, sy)),
     }
     unknown = [m for m in g.methods if m not in table]
@@ -235,8 +235,8 @@ def inverse(config, workdir: str) -> dict:
             res.append(_score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, 0.0))
         for label, nfe, build in _methods(g.get("steps") or config.sampling.n_steps, name, g):
             t0 = time.perf_counter()
-            f = jax.jit(build(sf, s.sde, op, y, data_var))
-            x = jax.block_until_ready(op.replace(f(jax.random.fold_in(key, 1), x_T), y))  # final projection
+            f = jax.jit(build(sf, s.sde, op, data_var))
+            x = jax.block_until_ready(op.replace(f(jax.random.fold_in(key, 1), x_T, y), y))  # final projection
             res.append(_score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, time.perf_counter() - t0))
             rows_png.append(s.levels(x)[:10])
             print(json.dumps(res[-1], default=float), flush=True)
@@ -265,7 +265,7 @@ def _score_inverse(s, clf, op, y, test_lv, test_y, label, nfe, x, seconds) -> di
 # ---------------------------------------------------------------------------- results table
 def _md(cond: dict | None, inv: dict | None, args) -> str:
     md = ["# Guided generation on digits with trained U-Nets (experiments/guided.py)", "",
-          f"Command: `python experiments/guided.py --cond_workdir={args.cond_workdir} "
+          f"Command: `python -m experiments.guided --cond_workdir={args.cond_workdir} "
           f"--uncond_workdir={args.uncond_workdir}`; {jax.device_count()} x {jax.devices()[0].platform}. "
           "Judge: the toolkit's digit classifier (scoresde.metrics); samples are quantised to the 17 "
           "levels before they are judged.", ""]
@@ -294,7 +294,8 @@ def _md(cond: dict | None, inv: dict | None, args) -> str:
                f"onto the observation at the end (op.replace). Pi-GDM uses data_var = {inv['data_var']:.3f} "
                "(mean pixel variance of the train digits) and a guidance scale alpha_t^2 (undamped, it diverges "
                "with the trained network: see _methods); twisted SMC is asymptotically exact in its particle "
-               "count (scoresde.guidance.smc). NFE = network calls per image (SMC: over all its particles; "
+               "count (scoresde.guidance.smc). NFE = network calls per image (SMC: over all its particles, plus one "
+               "to denoise the returned image; "
                "Pi-GDM's and SMC's calls each include a vector-Jacobian product). s = wall seconds "
                "including compilation.", ""]
         for name, title in (("inpaint", "Inpainting: top 4 rows observed"), ("sr2x", "2x super-resolution (2x2 average pooling)")):

@@ -27,42 +27,49 @@ Array = jax.Array
 def operator_matrix(op: AbstractLinearOperator, x_shape: tuple[int, ...]) -> np.ndarray:
     """The matrix (M, D) of A for one example of shape x_shape (no batch axis), rows that
     are identically zero removed (the unobserved pixels of a mask). Use
-    `operator_rows(op, x_shape)` to pick the same entries from a flattened observation."""
-    A, keep = _matrix_and_rows(op, x_shape)
+    `operator_rows(op, x_shape)` to pick the same entries from a flattened observation.
+    Needs a concrete operator (numpy result); `exact_posterior` works under jit."""
+    A, keep = (np.asarray(a) for a in _matrix_and_rows(op, x_shape))
     return A[keep]
 
 
 def operator_rows(op: AbstractLinearOperator, x_shape: tuple[int, ...]) -> np.ndarray:
     """Boolean (prod obs_shape,): which flattened observation entries carry information."""
-    return _matrix_and_rows(op, x_shape)[1]
+    return np.asarray(_matrix_and_rows(op, x_shape)[1])
 
 
 def _matrix_and_rows(op, x_shape):
+    """(A (prod obs_shape, D), rows (prod obs_shape,) bool: A's row is not identically zero),
+    as jax arrays (traceable: the operator may be a traced argument)."""
     x_shape = tuple(x_shape)
     D = int(np.prod(x_shape))
     op.check_data(jnp.zeros((1,) + x_shape))
     eye = jnp.eye(D, dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    cols = jax.vmap(lambda e: op.apply(e.reshape((1,) + x_shape))[0].reshape(-1))(eye)  # (D, M)
-    A = np.asarray(cols).T
-    keep = np.any(A != 0, axis=1)
-    return A, keep
+    A = jax.vmap(lambda e: op.apply(e.reshape((1,) + x_shape))[0].reshape(-1))(eye).T  # (M, D)
+    return A, jnp.any(A != 0, axis=1)
 
 
 def gaussian_condition(mean, cov, A, y, sigma_y=0.0):
     """Condition N(mean, cov) on y = A x + sigma_y n. Returns (mean_post (D,), cov_post (D, D),
-    log N(y; A mean, A cov A^T + sigma_y^2 I)). A: (M, D), y: (M,)."""
+    log N(y; A mean, A cov A^T + sigma_y^2 I)). A: (M, D), y: (M,).
+
+    Rows of A that are identically zero (entries that observe nothing, e.g. the unknown
+    pixels of a mask) are dropped: they do not change the posterior, and the evidence is
+    that of the other rows (their y entries are ignored). Works under jit (no boolean
+    indexing): a dropped row gets a unit variance and a zero residual instead."""
     mean, cov, A, y = (jnp.asarray(v) for v in (mean, cov, A, y))
-    M = A.shape[0]
-    Sy = A @ cov @ A.T + sigma_y**2 * jnp.eye(M, dtype=cov.dtype)
+    live = jnp.any(A != 0, axis=1)
+    Sy = A @ cov @ A.T + jnp.diag(jnp.where(live, sigma_y**2, 1.0).astype(cov.dtype))
     L = jnp.linalg.cholesky(Sy)
-    r = y - A @ mean
-    AS = A @ cov  # (M, D)
+    r = jnp.where(live, y - A @ mean, 0.0)
+    AS = A @ cov  # (M, D); zero rows where A is
     K_T = jax.scipy.linalg.cho_solve((L, True), AS)  # (M, D) = Sy^{-1} A S = K^T
     m = mean + K_T.T @ r
     C = cov - AS.T @ K_T
     C = 0.5 * (C + C.T)
     alpha = jax.scipy.linalg.solve_triangular(L, r, lower=True)
-    logev = -0.5 * (alpha @ alpha) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * M * jnp.log(2 * jnp.pi)
+    logev = (-0.5 * (alpha @ alpha) - jnp.sum(jnp.log(jnp.diag(L)))
+             - 0.5 * jnp.sum(live).astype(cov.dtype) * jnp.log(2 * jnp.pi))
     return m, C, logev
 
 
@@ -79,12 +86,13 @@ def exact_posterior(prior: GaussianMixture, op: AbstractLinearOperator, y, x_sha
     """p(x | y) of data x ~ prior (one example of shape x_shape, prod = D) observed through
     `op` (y: one observation, shape op.observation_shape((1,) + x_shape)[1:], no batch axis),
     as a GaussianMixture over the flattened x. For an inpainting mask only the observed
-    pixels enter (the zeros of y at unknown pixels carry no information)."""
+    pixels enter (the zeros of y at unknown pixels carry no information). Runs under
+    `jax.jit` (prior, op, y and sigma_y may be traced; x_shape is static)."""
     x_shape = tuple(x_shape)
     want = op.observation_shape((1,) + x_shape)[1:]
     if tuple(jnp.shape(y)) != tuple(want):
         raise ValueError(f"y must be one observation of shape {tuple(want)} (no batch axis), "
                          f"got {tuple(jnp.shape(y))}.")
-    A, keep = _matrix_and_rows(op, x_shape)
-    yv = jnp.asarray(y).reshape(-1)[keep]
-    return mixture_condition(prior, jnp.asarray(A[keep], prior.means.dtype), yv, sigma_y)
+    A, _ = _matrix_and_rows(op, x_shape)
+    return mixture_condition(prior, A.astype(prior.means.dtype), jnp.asarray(y, prior.means.dtype).reshape(-1),
+                             sigma_y)

@@ -82,7 +82,8 @@ def _bc(c, v):
 class Inpainting(AbstractLinearOperator):
     """Pixel mask: A x = m * x with m in {0, 1} (1 = observed), y shaped like x (zeros at
     the unknown pixels). `mask` has the shape of one example (or broadcasts to it, e.g.
-    (H, W, 1) for all channels). A^T = A, A A^T = diag(m), so on the observed pixels
+    (H, W, 1) for all channels); apply / transpose / replace raise a ValueError on data
+    that the mask does not fit. A^T = A, A A^T = diag(m), so on the observed pixels
     c = 1; `replace` is exact elementwise selection, so observed pixels equal y bit for bit.
     """
 
@@ -109,6 +110,9 @@ class Inpainting(AbstractLinearOperator):
         return tuple(data_shape)
 
     def _m(self, x):
+        # every method checks the mask against x (a mask of the wrong shape would
+        # otherwise broadcast silently, e.g. a (2,) mask against (B, 2) data of another layout)
+        self.observation_shape(tuple(jnp.shape(x)))
         return self.mask.astype(x.dtype)
 
     def apply(self, x):
