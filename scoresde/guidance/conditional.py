@@ -75,9 +75,9 @@ def cfg_score(score_cond: ScoreFn, score_uncond: ScoreFn, w=None) -> ScoreFn:
         s_w(x, t | c) = (1 + w) s(x, t | c) - w s(x, t | null),
 
     returned as `score(x, t, cond)`: score_cond(x, t, c) is the conditional score and
-    score_uncond(x, t) the unconditional one. With w given here (a scalar, or a function
-    of nothing batch-shaped) cond is c; with w=None, cond is the pair (c, w) and w may
-    differ per example (shape (batch,)).
+    score_uncond(x, t) the unconditional one. With w given here (one scalar for every
+    example) cond is c; with w=None, cond is the pair (c, w) and w may differ per example
+    (a scalar or shape (batch,)).
 
     Convention: w is the *extra* weight of Ho & Salimans; w = 0 is plain conditional
     sampling, w > 0 sharpens towards the class. (The "guidance scale" of Imagen /
