@@ -1,7 +1,9 @@
 """Samplers of the reverse process: reverse SDE, probability-flow ODE, predictor-corrector
 and few-step solvers, all behind one entry point
 
-    res = sample(sampler, score_fn, sde, key, x_T, denoise=False, trajectory=False)
+    res = sample(sampler, score_fn, sde, key, x_T, cond=None, denoise=False, trajectory=False)
+
+and `fast(nfe)`, the recommended sampler for a budget of score evaluations.
 
 returning SampleResult(samples, nfe, trajectory)."""
 
@@ -14,7 +16,11 @@ from scoresde.sampling.pc import (
     AbstractCorrector, AbstractPredictor, AncestralPredictor, EulerMaruyamaPredictor,
     LangevinCorrector, NoneCorrector, NonePredictor, PredictorCorrector, ReverseDiffusionPredictor,
 )
-from scoresde.sampling.fewstep import DDIM, DPMSolverPP, EDMHeun
+from scoresde.sampling.fewstep import DDIM, EDMHeun
+from scoresde.sampling.multistep import (
+    DEIS, IPNDM, AbstractMultistepSampler, DPMSolverPP, DPMSolverPPUpdate, UniC, UniP, UniPC,
+)
+from scoresde.sampling.fast import RECOMMENDED, fast
 
 __all__ = [
     "AbstractSampler", "SampleResult", "sample", "tweedie_denoise",
@@ -22,5 +28,6 @@ __all__ = [
     "EulerMaruyama", "ReverseSRK", "ODEEuler", "ODEHeun", "ProbabilityFlowODE",
     "AbstractCorrector", "AbstractPredictor", "AncestralPredictor", "EulerMaruyamaPredictor",
     "LangevinCorrector", "NoneCorrector", "NonePredictor", "PredictorCorrector",
-    "ReverseDiffusionPredictor", "DDIM", "DPMSolverPP", "EDMHeun",
+    "ReverseDiffusionPredictor", "DDIM", "DPMSolverPP", "EDMHeun", "AbstractMultistepSampler",
+    "DPMSolverPPUpdate", "UniP", "UniC", "UniPC", "DEIS", "IPNDM", "RECOMMENDED", "fast",
 ]
