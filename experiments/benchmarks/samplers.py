@@ -1,30 +1,23 @@
-"""Sampler benchmark on Gaussian mixtures with the exact score (issue 3, item 8).
+"""Few-step sampler benchmark on Gaussian mixtures with the exact score (issue 14).
 
-    python experiments/benchmarks/samplers.py            # full run, 20000 samples
-    python experiments/benchmarks/samplers.py --quick    # smoke run (2000 samples, 3 budgets)
+    python -m experiments.benchmarks.samplers            # full run, 20000 samples, < 15 min on 2 cores
+    python -m experiments.benchmarks.samplers --quick    # smoke run (2000 samples, NFE 5 and 10)
 
-Targets (VP SDE, beta 0.1 -> 20, t in [1e-3, 1]):
-  A: 2-D, 8 equal-weight components, std 0.5, means on a circle of radius 4.
-  B: 16-D, 5 components, means ~ N(0, 9 I), diagonal stds ~ U[0.2, 1.0], weights ~
-     Dirichlet(2), drawn from numpy's default_rng(20240503).
-Every sampler family of scoresde.sampling at NFE budgets 5, 10, 20, 50, 100, 500 (a
-sampler with k evaluations per step gets budget // k steps; the NFE column is what it
-really used), plus the adaptive PF-ODE at a few tolerances. Metrics, on n samples from
-the same prior noise x_T:
-  paired RMSE  sqrt(mean_i ||x_i - x_i*||^2), x_i* the PF-ODE solution from the same x_T
-               (Dopri8, rtol = atol = 1e-7, float64). For stochastic samplers (marked *)
-               it is not a discretisation error (they follow another map) but is shown.
-  CE gap       mean_i -log p_eps(x_i) - H(p_eps) (H by MC on 200k true samples); < 0 means
-               over-concentrated. +- its standard error.
-  SW2 / floor  sliced Wasserstein-2 (128 directions) to n fresh true samples, divided by
-               the true-vs-true value (two fresh sets), so ~1 is as good as it gets.
-  weights |z|  max_k |mean_i r_k(x_i) - w_k| / sqrt(w_k (1 - w_k) / n), r_k the exact
-               responsibilities at eps.
-  wall s       one jitted run (compiled beforehand) on the whole batch.
-(The deterministic samplers all map the same x_T, so their weight z-scores are nearly
-equal: they inherit the component frequencies implied by that one draw of x_T.)
-  cost/NFE     wall / NFE / (wall of one batched exact-score call).
-The samples are compared at t = eps (no final denoising step) with p_eps as the truth.
+Setting (as the issue's measurements of k-diffusion, diffusers, score_sde, diffusionjax):
+VP SDE (linear beta 0.1 -> 20, t in [1e-3, 1]), the exact mixture score, the same prior
+noise for every sampler. Cases (experiments/benchmarks/cases.py):
+  A  the 2-D ring (8 components, radius 4, std 0.5);
+  B  16-D, 5 components, numpy default_rng(0): means N(0, 9 I), stds U[0.2, 1], Dirichlet(2);
+  C  8-D, 6 components with full covariances (default_rng(7)): tuned on by nobody.
+Metrics, on n samples from the same x_T, at t = eps with no final denoising step:
+  paired RMSE  sqrt(mean_i ||x_i - x_i*||^2), x_i* the exact PF-ODE solution from the same
+               x_T (Dopri8 in float64, rtol = atol = 1e-7);
+  CE gap       mean_i -log p_eps(x_i) - H(p_eps) (H by Monte Carlo on 200k exact samples);
+  exact gap    the CE gap of the x_i* themselves (what the noise draw alone gives);
+  CE dist      |CE gap - exact gap|: the part of the law error the solver adds;
+  far          the number of samples farther than 1 from their exact solution.
+A fitted grid (scoresde.sampling.fit_grid) is fitted on 256 other noises (key 1000 + NFE)
+and evaluated on the benchmark's noise, never on its own.
 """
 
 from __future__ import annotations
@@ -32,270 +25,221 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 
+import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-
-from scoresde import sampling as S  # noqa: E402
-from scoresde.analytic import GaussianMixture  # noqa: E402
-from scoresde.sde import VPSDE  # noqa: E402
+from experiments.benchmarks.cases import CASES
+from scoresde import sampling as S
+from scoresde.sde import VPSDE
 
 SDE = VPSDE(beta_min=0.1, beta_max=20.0, eps=1e-3, T=1.0)
-BUDGETS = (5, 10, 20, 50, 100, 500)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# The issue's reference numbers (paired RMSE, CE gap) of the best existing samplers.
+# The issue's table: best existing sampler (paired RMSE) and best existing CE distance.
 REFERENCE = {
-    ("A", 10): ("k-diffusion LMS", 0.113, -0.087),
-    ("A", 20): ("k-diffusion LMS", 0.019, 0.035),
-    ("B", 10): ("DPM-Solver++ 3M", 0.874, -2.08),
-    ("B", 20): ("UniPC", 0.299, -0.67),
+    ("A", 5): ("diffusers DPM-Solver++ 3M", 0.229, 0.089), ("A", 10): ("k-diffusion LMS", 0.113, 0.006),
+    ("A", 20): ("k-diffusion LMS", 0.019, 0.021), ("B", 5): ("diffusers UniPC bh2", 2.18, 3.58),
+    ("B", 10): ("diffusers DPM-Solver++ 3M", 0.874, 0.99), ("B", 20): ("diffusers UniPC bh2", 0.299, 0.058),
 }
 
-
-def case_a(dtype=jnp.float32) -> GaussianMixture:
-    ang = np.arange(8) * 2 * np.pi / 8
-    means = 4.0 * np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    return GaussianMixture.diagonal(jnp.full((8,), 1 / 8, dtype), jnp.asarray(means, dtype),
-                                    jnp.full((8, 2), 0.25, dtype))
-
-
-def case_b(dtype=jnp.float32) -> GaussianMixture:
-    rng = np.random.default_rng(20240503)
-    means = rng.normal(0.0, 3.0, size=(5, 16))
-    stds = rng.uniform(0.2, 1.0, size=(5, 16))
-    weights = rng.dirichlet(2.0 * np.ones(5))
-    return GaussianMixture.diagonal(jnp.asarray(weights, dtype), jnp.asarray(means, dtype),
-                                    jnp.asarray(stds**2, dtype))
-
-
-CASES = {"A": case_a, "B": case_b}
-
-# name -> (evaluations per step, factory(n_steps) -> sampler, stochastic?)
-SAMPLERS = {
-    "Euler-Maruyama": (1, lambda n: S.EulerMaruyama(n_steps=n), True),
-    "ShARK (reverse SDE)": (2, lambda n: S.ReverseSRK(n_steps=n), True),
-    "PC: reverse diffusion + Langevin": (2, lambda n: S.PredictorCorrector(n_steps=n), True),
-    "PC: ... + Langevin, sigma^2 step": (2, lambda n: S.PredictorCorrector(
-        n_steps=n, corrector=S.LangevinCorrector(norm_ratio=False)), True),
-    "Ancestral (DDPM)": (1, lambda n: S.PredictorCorrector(n_steps=n, predictor=S.AncestralPredictor(),
-                                                           corrector=S.NoneCorrector()), True),
-    "ODE Euler, uniform t": (1, lambda n: S.ODEEuler(n_steps=n), False),
-    "ODE Heun, uniform t": (2, lambda n: S.ODEHeun(n_steps=n), False),
-    "EDM Heun (churn 0)": (2, lambda n: S.EDMHeun(n_steps=n), False),
-    "DDIM": (1, lambda n: S.DDIM(n_steps=n), False),
-    "DPM-Solver++ 2M": (1, lambda n: S.DPMSolverPP(n_steps=n, order=2), False),
-    "DPM-Solver++ 3M": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3), False),
-    "DPM-Solver++ 3M, EDM grid": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3, grid=S.EDMGrid()), False),
-    "DPM-Solver++ 3M, uniform t": (1, lambda n: S.DPMSolverPP(n_steps=n, order=3, grid=S.UniformTimeGrid()),
-                                   False),
+# name -> factory(NFE) -> sampler; every one spends NFE score evaluations.
+CONFIGS = {
+    "DDIM, log-SNR": lambda n: S.DDIM(n, grid=S.LogSNRGrid()),
+    "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3),
+    "DPM-Solver++ 3M, uniform t": lambda n: S.DPMSolverPP(n, 3, grid=S.UniformTimeGrid()),
+    "DPM-Solver++ 3M, uniform t, lower-order final": lambda n: S.DPMSolverPP(
+        n, 3, grid=S.UniformTimeGrid(), lower_order_final="always"),
+    "DPM-Solver++ 3M + UniC, log-SNR": lambda n: S.UniPC(n, S.DPMSolverPPUpdate(3)),
+    "UniPC bh1-3, log-SNR": lambda n: S.UniPC(n, S.UniP(3, "bh1"), S.UniC("bh1")),
+    "UniPC bh2-3, log-SNR": lambda n: S.UniPC(n),
+    "UniPC bh2-3, log-SNR, no lower-order final": lambda n: S.UniPC(n, lower_order_final="never"),
+    "UniPC bh2-3, log-SNR, denoise final": lambda n: S.UniPC(n, final="denoise"),
+    "UniPC bh2-3, EDM rho 7": lambda n: S.UniPC(n, grid=S.EDMGrid()),
+    "UniPC bh2-3, uniform t": lambda n: S.UniPC(n, grid=S.UniformTimeGrid()),
+    "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3),
+    "iPNDM, EDM rho 7": lambda n: S.IPNDM(n),
+    "iPNDM, log-SNR": lambda n: S.IPNDM(n, grid=S.LogSNRGrid()),
+    "EDM Heun (2 NFE/step)": lambda n: S.EDMHeun(max(1, n // 2)),
 }
-ADAPTIVE_RTOLS = (1e-2, 1e-3, 1e-4)
+FIT_CONFIG = "UniPC bh2-3, log-SNR"
 
 
 def _block(x):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), x)
 
 
-def compiled_sampler(sampler, score, keys, x_T):
-    fn = jax.jit(lambda k, x: S.sample(sampler, score, SDE, k, x))
-    t0 = time.perf_counter()
-    c = fn.lower(keys, x_T).compile()
-    return c, time.perf_counter() - t0
-
-
-def score_call_seconds(score, x, reps=5):
-    f = jax.jit(lambda x: score(x, jnp.full(x.shape[:1], 0.3, x.dtype)))
-    _block(f(x))
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        _block(f(x))
-    return (time.perf_counter() - t0) / reps
-
-
 def reference_solution(case, x_T):
     """The exact PF-ODE map of x_T: Dopri8 in float64 at rtol = atol = 1e-7."""
     with jax.enable_x64():
         gm = CASES[case](jnp.float64)
-        score = gm.score_fn(SDE)
-        sampler = S.ProbabilityFlowODE(solver=__import__("diffrax").Dopri8(), rtol=1e-7, atol=1e-7,
-                                       max_steps=16384)
-        x64 = jnp.asarray(np.asarray(x_T), jnp.float64)
-        fn = jax.jit(lambda x: S.sample(sampler, score, SDE, jax.random.key(0), x))
-        res = _block(fn(x64))
+        sampler = S.ProbabilityFlowODE(solver=diffrax.Dopri8(), rtol=1e-7, atol=1e-7, max_steps=16384)
+        fn = jax.jit(lambda x: S.sample(sampler, gm.score_fn(SDE), SDE, jax.random.key(0), x))
+        res = _block(fn(jnp.asarray(np.asarray(x_T), jnp.float64)))
         return np.asarray(res.samples), int(res.nfe)
 
 
 class Metrics:
-    """Jitted metrics against one target; true samples and directions drawn once."""
+    """CE gap, paired RMSE and outliers against one exact law (entropy by MC, once)."""
 
-    def __init__(self, gm: GaussianMixture, n: int, key):
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        self.gm, self.n = gm, n
-        d = gm.dim
-        dirs = jax.random.normal(k1, (128, d))
-        self.dirs = dirs / jnp.linalg.norm(dirs, axis=1, keepdims=True)
-        self.true1 = gm.sample(k2, n, SDE.eps, SDE)
-        true2 = gm.sample(k3, n, SDE.eps, SDE)
-        big = gm.sample(k4, 200_000, SDE.eps, SDE)
+    def __init__(self, gm, ref, key):
+        self.gm, self.ref = gm, jnp.asarray(ref, jnp.float32)
+        big = gm.sample(key, 200_000, SDE.eps, SDE)
         nll = -gm.log_prob(big, SDE.eps, SDE)
-        self.entropy = float(nll.mean())
-        self.entropy_se = float(nll.std() / math.sqrt(big.shape[0]))
-        self._sorted_true = jnp.sort(self.true1 @ self.dirs.T, axis=0)
-        self.floor = float(self._sw2(true2))
-        self.w = np.asarray(gm.weights)
+        self.entropy, self.entropy_se = float(nll.mean()), float(nll.std() / math.sqrt(big.shape[0]))
+        self.exact_gap = self._gap(self.ref)[0]
 
-    def _sw2(self, x):
-        px = jnp.sort(x @ self.dirs.T, axis=0)
-        return jnp.sqrt(jnp.mean((px - self._sorted_true) ** 2))
-
-    def __call__(self, x, ref):
-        x = jnp.asarray(x)
-        finite = bool(jnp.all(jnp.isfinite(x)))
-        if not finite:
-            return dict(finite=False, rmse=np.nan, ce=np.nan, ce_se=np.nan, sw2=np.nan, wz=np.nan)
-        rmse = float(jnp.sqrt(jnp.mean(jnp.sum((x - ref) ** 2, axis=-1))))
+    def _gap(self, x):
         nll = -self.gm.log_prob(x, SDE.eps, SDE)
-        ce = float(nll.mean()) - self.entropy
-        ce_se = math.hypot(float(nll.std()) / math.sqrt(x.shape[0]), self.entropy_se)
-        sw2 = float(self._sw2(x)) / self.floor
-        f = np.asarray(self.gm.posterior_weights(x, SDE.eps, SDE).mean(0))
-        wz = float(np.max(np.abs(f - self.w) / np.sqrt(self.w * (1 - self.w) / x.shape[0])))
-        return dict(finite=True, rmse=rmse, ce=ce, ce_se=ce_se, sw2=sw2, wz=wz)
+        return float(nll.mean()) - self.entropy, float(nll.std()) / math.sqrt(x.shape[0])
+
+    def __call__(self, x):
+        x = jnp.asarray(x)
+        if not bool(jnp.all(jnp.isfinite(x))):
+            return dict(finite=False, rmse=np.nan, ce=np.nan, ce_se=np.nan, ce_dist=np.nan, far=-1)
+        dist = jnp.sqrt(jnp.sum((x - self.ref) ** 2, axis=-1))
+        ce, ce_se = self._gap(x)
+        return dict(finite=True, rmse=float(jnp.sqrt(jnp.mean(dist**2))), ce=ce, ce_se=ce_se,
+                    ce_dist=abs(ce - self.exact_gap), far=int(jnp.sum(dist > 1.0)))
 
 
 def fmt(v, spec=".3g"):
     return "NaN" if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def run_case(case, n, budgets, samplers, rtols, log):
+def run_case(case, n, nfes, configs, fit_nfes, log):
     gm = CASES[case]()
     score = gm.score_fn(SDE)
-    key = jax.random.key({"A": 0, "B": 1}[case])
-    kx, km = jax.random.split(key)
-    x_T = SDE.prior_sample(kx, (n, gm.dim))
-    keys = jax.random.split(jax.random.key(123), n)
+    x_T = SDE.prior_sample(jax.random.key({"A": 0, "B": 1, "C": 2}[case]), (n, gm.dim))
     t0 = time.perf_counter()
     ref, ref_nfe = reference_solution(case, x_T)
-    log(f"[{case}] reference PF-ODE (Dopri8, rtol 1e-7, float64): NFE {ref_nfe}, "
-        f"{time.perf_counter() - t0:.1f} s")
-    ref = jnp.asarray(ref, jnp.float32)
-    metrics = Metrics(gm, n, km)
-    t_score = score_call_seconds(score, x_T)
-    log(f"[{case}] entropy H(p_eps) = {metrics.entropy:.4f} +- {metrics.entropy_se:.4f}; SW2 noise floor "
-        f"{metrics.floor:.4g}; one score call on {n} points: {1e3 * t_score:.2f} ms")
+    metrics = Metrics(gm, ref, jax.random.key(7))
+    log(f"[{case}] reference PF-ODE (Dopri8, rtol 1e-7, float64): NFE {ref_nfe}, {time.perf_counter() - t0:.1f} s; "
+        f"H(p_eps) = {metrics.entropy:.4f} +- {metrics.entropy_se:.4f}; exact gap {metrics.exact_gap:+.4f}")
+    run = eqx.filter_jit(lambda smp, x: S.sample(smp, score, SDE, jax.random.key(0), x))
     rows = []
 
-    def evaluate(name, sampler, stochastic):
-        c, t_compile = compiled_sampler(sampler, score, keys, x_T)
+    def evaluate(name, sampler, nfe_budget, extra=""):
         t1 = time.perf_counter()
-        res = _block(c(keys, x_T))
-        wall = time.perf_counter() - t1
-        nfe = int(res.nfe)
-        m = metrics(res.samples, ref)
-        row = dict(case=case, sampler=name + (" *" if stochastic else ""), nfe=nfe, wall=wall,
-                   cost=wall / max(nfe, 1) / t_score, compile=t_compile, **m)
-        rows.append(row)
-        log(f"[{case}] {row['sampler']:<36} NFE {nfe:4d}  rmse {fmt(m['rmse'])}  CE {fmt(m['ce'])}  "
-            f"SW2/floor {fmt(m['sw2'])}  |z| {fmt(m['wz'])}  wall {wall:.3f}s  compile {t_compile:.1f}s")
+        res = _block(run(sampler, x_T))
+        m = metrics(res.samples)
+        rows.append(dict(case=case, sampler=name, budget=nfe_budget, nfe=int(res.nfe), **m))
+        log(f"[{case}] {name:<48} NFE {int(res.nfe):3d}  rmse {fmt(m['rmse'])}  CE {fmt(m['ce'], '+.3f')}  "
+            f"dist {fmt(m['ce_dist'])}  far {m['far']}  {time.perf_counter() - t1:.1f}s{extra}")
 
-    for name, (per_step, make, stochastic) in samplers.items():
-        for b in budgets:
-            evaluate(name, make(max(1, b // per_step)), stochastic)
-    for rtol in rtols:
-        evaluate(f"PF-ODE Tsit5, rtol {rtol:g}", S.ProbabilityFlowODE(rtol=rtol, atol=rtol), False)
-    return rows, metrics, t_score
+    for nfe in nfes:
+        for name, make in configs.items():
+            evaluate(name, make(nfe), nfe)
+        if nfe in fit_nfes:
+            base = CONFIGS[FIT_CONFIG](nfe)
+            t1 = time.perf_counter()
+            grid = S.fit_grid(base, score, SDE, jax.random.key(1000 + nfe), (gm.dim,), n_fit=256, maxiter=100)
+            fit_s = time.perf_counter() - t1
+            evaluate(f"{FIT_CONFIG.split(',')[0]}, fitted grid", eqx.tree_at(lambda s: s.grid, base, grid), nfe,
+                     f"  (fit {fit_s:.0f} s from {grid.info['start']})")
+    return rows, metrics
+
+
+def stochastic_section(n, log):
+    """The predictor-corrector default against Song et al.'s rule on case A, by steps."""
+    gm = CASES["A"]()
+    score = gm.score_fn(SDE)
+    x_T = SDE.prior_sample(jax.random.key(0), (n, gm.dim))
+    metrics = Metrics(gm, np.zeros((n, gm.dim)), jax.random.key(7))
+    exact = gm.sample(jax.random.key(8), n, SDE.eps, SDE)
+    ex_gap, ex_se = metrics._gap(exact)
+    run = eqx.filter_jit(lambda smp, x: S.sample(smp, score, SDE, jax.random.key(3), x))
+    lines = ["| sampler | steps | NFE | CE gap (+-SE) |", "|---|---:|---:|---:|",
+             f"| exact samples of p_eps | | | {ex_gap:+.4f} +- {ex_se:.4f} |"]
+    samplers = {
+        "PredictorCorrector() (default: ancestral + Langevin 'transition', log-SNR grid)":
+            lambda k: S.PredictorCorrector(k),
+        "Song et al.: reverse diffusion + Langevin step_rule='song' (snr 0.16), uniform t":
+            lambda k: S.PredictorCorrector(k, S.ReverseDiffusionPredictor(), S.LangevinCorrector(0.16, step_rule="song"),
+                                           S.UniformTimeGrid()),
+        "Euler-Maruyama, uniform t": lambda k: S.EulerMaruyama(k),
+    }
+    for name, make in samplers.items():
+        for k in (20, 50, 200):
+            res = _block(run(make(k), x_T))
+            x = res.samples
+            ok = bool(jnp.all(jnp.isfinite(x)))
+            g, se = metrics._gap(x) if ok else (np.nan, np.nan)
+            lines.append(f"| {name} | {k} | {int(res.nfe)} | {fmt(g, '+.4f')} +- {fmt(se, '.4f')} |")
+            log(f"[A, stochastic] {name[:40]:<40} steps {k:3d}  CE gap {fmt(g, '+.4f')} +- {fmt(se, '.4f')}")
+    return "\n".join(lines)
 
 
 def table(rows):
-    head = ("| case | sampler | NFE | paired RMSE | CE gap (+-SE) | SW2 / floor | weights max abs z "
-            "| wall s | cost/NFE / score call |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [head]
+    lines = ["| case | sampler | NFE | paired RMSE | CE gap (+-SE) | exact gap | CE dist | far (> 1) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ce = "NaN" if not r["finite"] else f"{r['ce']:+.3f} +- {r['ce_se']:.3f}"
-        lines.append(f"| {r['case']} | {r['sampler']} | {r['nfe']} | {fmt(r['rmse'])} | {ce} | {fmt(r['sw2'])} "
-                     f"| {fmt(r['wz'], '.2f')} | {r['wall']:.3f} | {fmt(r['cost'], '.2f')} |")
+        lines.append(f"| {r['case']} | {r['sampler']} | {r['nfe']} | {fmt(r['rmse'])} | {ce} | "
+                     f"{fmt(r['exact_gap'], '+.3f')} | {fmt(r['ce_dist'])} | {r['far']} |")
     return "\n".join(lines)
 
 
 def comparison(rows):
-    lines = ["| case | NFE | reference (paired RMSE / CE gap) | best scoresde by paired RMSE | "
-             "RMSE ratio ours/ref | best scoresde by abs CE gap |", "|---|---:|---|---|---:|---|"]
+    lines = ["| case | NFE | best existing (paired RMSE / CE dist) | target RMSE (0.5x) | best scoresde by paired "
+             "RMSE | its RMSE / CE dist | RMSE met | CE dist met |", "|---|---:|---|---:|---|---|---|---|"]
     for (case, nfe), (name, r_rmse, r_ce) in REFERENCE.items():
-        cand = [r for r in rows if r["case"] == case and r["nfe"] == nfe and r["finite"]
-                and not r["sampler"].endswith("*")]
-        allc = [r for r in rows if r["case"] == case and r["nfe"] == nfe and r["finite"]]
+        cand = [r for r in rows if r["case"] == case and r["budget"] == nfe and r["finite"]]
         if not cand:
-            lines.append(f"| {case} | {nfe} | {name}: {r_rmse} / {r_ce:+} | (not run) | | |")
+            lines.append(f"| {case} | {nfe} | {name}: {r_rmse} / {r_ce} | {0.5 * r_rmse:.3g} | (not run) | | | |")
             continue
         best = min(cand, key=lambda r: r["rmse"])
-        best_ce = min(allc, key=lambda r: abs(r["ce"]))
-        lines.append(f"| {case} | {nfe} | {name}: {r_rmse} / {r_ce:+} | {best['sampler']}: {best['rmse']:.3g} / "
-                     f"{best['ce']:+.3f} | {best['rmse'] / r_rmse:.2f} | {best_ce['sampler']}: "
-                     f"{best_ce['ce']:+.3f} |")
+        # For A, independent exact sets of 20000 scatter by 0.0075 in CE, so values below 0.02 are noise.
+        ce_ok = best["ce_dist"] <= (max(r_ce, 0.02) if case == "A" else r_ce)
+        lines.append(f"| {case} | {nfe} | {name}: {r_rmse} / {r_ce} | {0.5 * r_rmse:.3g} | {best['sampler']} | "
+                     f"{best['rmse']:.3g} / {best['ce_dist']:.3g} | {'yes' if best['rmse'] <= 0.5 * r_rmse else 'NO'} | "
+                     f"{'yes' if ce_ok else 'NO'} |")
     return "\n".join(lines)
-
-
-def dpm_check(rows):
-    out = []
-    for case in ("A", "B"):
-        for nfe in (10, 20):
-            sel = {r["sampler"]: r for r in rows if r["case"] == case and r["nfe"] == nfe and r["finite"]}
-            dpm = [sel[k] for k in ("DPM-Solver++ 2M", "DPM-Solver++ 3M") if k in sel]
-            base = [sel[k] for k in sel if k.startswith("ODE Euler") or k.startswith("ODE Heun")
-                    or k.startswith("EDM Heun")]
-            if not dpm or not base:
-                continue
-            d = min(dpm, key=lambda r: r["rmse"])
-            b = min(base, key=lambda r: r["rmse"])
-            verdict = "beats" if d["rmse"] < b["rmse"] else "does NOT beat"
-            out.append(f"- case {case}, NFE {nfe}: best DPM-Solver++ ({d['sampler']}, RMSE {d['rmse']:.3g}, CE "
-                       f"{d['ce']:+.3f}) {verdict} the best Euler/Heun ({b['sampler']}, RMSE {b['rmse']:.3g}, "
-                       f"CE {b['ce']:+.3f}).")
-    return "\n".join(out)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20000, help="samples per run (default 20000)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2000 samples, NFE 5/10/20")
-    p.add_argument("--cases", default="A,B")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2000 samples, NFE 5 and 10, no fitted grid")
+    p.add_argument("--cases", default="A,B,C")
+    p.add_argument("--nfe", default="5,10,20,50,100")
+    p.add_argument("--fit_nfe", default="5,10,20", help="NFEs at which a grid is fitted ('' for none)")
+    p.add_argument("--configs", default="", help="comma-separated subset of the configurations (default all)")
     p.add_argument("--out", default=os.path.join(RESULTS, "samplers.md"))
     a = p.parse_args(argv)
     n = 2000 if a.quick and a.n == 20000 else a.n
-    budgets = (5, 10, 20) if a.quick else BUDGETS
+    nfes = (5, 10) if a.quick else tuple(int(v) for v in a.nfe.split(","))
+    fit_nfes = () if a.quick or not a.fit_nfe else tuple(int(v) for v in a.fit_nfe.split(","))
+    configs = CONFIGS if not a.configs else {k: CONFIGS[k] for k in a.configs.split(",")}
     t_start = time.perf_counter()
-    log_lines = []
 
     def log(s):
         print(s, flush=True)
-        log_lines.append(s)
 
     rows, notes = [], []
     for case in a.cases.split(","):
-        r, m, t_score = run_case(case, n, budgets, SAMPLERS, ADAPTIVE_RTOLS[:1] if a.quick else ADAPTIVE_RTOLS, log)
+        r, m = run_case(case, n, nfes, configs, fit_nfes, log)
+        for row in r:
+            row["exact_gap"] = m.exact_gap
         rows += r
-        notes.append(f"- case {case}: H(p_eps) = {m.entropy:.4f} +- {m.entropy_se:.4f} nats; SW2 noise floor "
-                     f"(true vs true, {n} samples, 128 directions) = {m.floor:.4g}; one exact-score call on "
-                     f"{n} points = {1e3 * t_score:.2f} ms.")
+        notes.append(f"- case {case}: H(p_eps) = {m.entropy:.4f} +- {m.entropy_se:.4f} nats; CE gap of the exact "
+                     f"solutions from the same noise {m.exact_gap:+.4f}.")
+    stoch = stochastic_section(n, log)
     total = time.perf_counter() - t_start
     md = "\n\n".join([
-        f"# Sampler benchmark (experiments/benchmarks/samplers.py{' --quick' if a.quick else ''})",
+        f"# Sampler benchmark (`python -m experiments.benchmarks.samplers{' --quick' if a.quick else ''}`)",
         f"{n} samples per run, VP SDE (beta 0.1 -> 20, eps = 1e-3), exact mixture scores, "
-        f"{jax.device_count()} x {jax.devices()[0].platform}, total {total / 60:.1f} min. "
-        "Columns are defined in the script's docstring; * = stochastic sampler (paired RMSE is then "
-        "not a discretisation error). All samplers are compared at t = eps without a final denoising step.",
+        f"{jax.device_count()} x {jax.devices()[0].platform}, total {total / 60:.1f} min. Columns are defined in "
+        "the script's docstring; every sampler is compared at t = eps without a final denoising step.",
         "\n".join(notes),
-        "## Results", table(rows),
-        "## Against the issue's reference numbers (exact score, same targets)", comparison(rows),
-        "Reference: original score_sde PC samplers give NaN at <= 20 steps; its RK45 ODE sampler needs 80 (A) "
-        "and 116 (B) evaluations. Aim: half the reference error at the same NFE.",
-        "## DPM-Solver++ vs Euler / Heun (paired RMSE, deterministic samplers)", dpm_check(rows) or "(not run)",
+        "## Against the best existing samplers (the issue's table; same cases, metric and noise protocol)",
+        comparison(rows),
+        "## All configurations", table(rows),
+        "## Stochastic samplers on case A: the predictor-corrector default converges", stoch,
     ]) + "\n"
     print(md)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
