@@ -1,4 +1,4 @@
-"""Multistep exponential integrators of the probability-flow ODE, one lax.scan for all.
+"""Multistep exponential integrators of the probability-flow ODE, one loop for all.
 
 Every linear SDE here has x_t = alpha_t x_0 + sigma_t z; with lambda = log(alpha / sigma)
 (half the log-SNR), the data prediction D = E[x_0 | x_t] (Tweedie) and the noise
@@ -29,7 +29,12 @@ the weights of every step at once (a linear map evaluated on unit vectors), and
 
 The corrector (UniC) re-solves step i-1 with the fresh output m_i included in the
 polynomial; m_i stays the one evaluated at the predicted x_i, so it costs no evaluation
-(Zhao et al. 2023, Alg. 2). Samplers:
+(Zhao et al. 2023, Alg. 2). The weights are formed once per run, in numpy float64 when
+the SDE and grid are concrete (the compiled program then holds only the loop) and in
+jax.numpy when they are traced (an SDE passed through jit, a grid fitted by gradient:
+the history before t_0 is extrapolated so every formed order stays finite). The loop is
+a lax.scan under jit or grad; called eagerly it is a Python loop over one compiled step
+that every solver and step count shares. Samplers:
 
 * `DPMSolverPP`: DPM-Solver++ multistep (Lu et al. 2022), orders 1-3, data prediction.
 * `UniPC`: UniP-p predictor (or the DPM-Solver++ update) + UniC corrector (Zhao et al. 2023,
