@@ -181,7 +181,7 @@ def _methods(steps: int, problem: str, g) -> list:
     table = {
         "replacement": (f"replacement (reverse diffusion, {steps} steps)", steps + 1, replacement),
         "replacement_langevin": (f"replacement + Langevin corrector ({steps // 2} steps)", 2 * (steps // 2) + 1,
-                                 lambda: replacement(LangevinCorrector(snr=0.16), steps // 2)),
+                                 lambda: replacement(LangevinCorrector(), steps // 2)),
         "pigdm20": ("Pi-GDM (alpha^2-damped) + DPM-Solver++ (20 steps)", 21,
                     lambda: pigdm(DPMSolverPP(n_steps=20))),
         "pigdm50": ("Pi-GDM (alpha^2-damped) + DPM-Solver++ (50 steps)", 51,

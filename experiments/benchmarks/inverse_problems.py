@@ -425,7 +425,7 @@ def digits_inpainting(seed: int = 0) -> str:
     add("replacement (reverse diffusion, 200 steps)", 201,
         op.replace(run(ReplacementSampler(op, 200), _ignore_y(sf), k1, xT, y).samples, y))
     add("replacement + Langevin corrector (100 steps)", 201, op.replace(run(ReplacementSampler(
-        op, 100, corrector=LangevinCorrector(snr=0.16)), _ignore_y(sf), k1, xT, y).samples, y))
+        op, 100, corrector=LangevinCorrector()), _ignore_y(sf), k1, xT, y).samples, y))
     add("Pi-GDM + DPM-Solver++ (40 steps)", 41, run(DPMSolverPP(n_steps=40), pigdm_score(sf, SDE, op, data_var=v),
                                                      k1, xT, y).samples)
     add("tweedie-cov + DPM-Solver++ (20 steps)", 21, run(DPMSolverPP(n_steps=20), tweedie_cov_score(sf, SDE, op),
