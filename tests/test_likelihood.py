@@ -4,20 +4,23 @@ Oracles: a Gaussian data law (its noised densities and its probability-flow map 
 linear-Gaussian in closed form, written out here independently of the package) and a
 16-D Gaussian mixture (scoresde.analytic.GaussianMixture, whose log p_t is exact).
 Integrating in the wrong direction (from T to eps, or starting the data at T) changes
-log p by O(1) nats per dimension here, far outside every tolerance below.
+log p by O(1) nats per dimension here, far outside every tolerance below. The bounds of
+dequantised integer data are checked in test_likelihood_bounds.py.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+import diffrax
 import numpy as np
 import pytest
 from scipy.stats import norm
 
 from scoresde.analytic import GaussianMixture
 from scoresde.likelihood import (
-    bits_per_dim, data_bits_per_dim, dequantize, log_likelihood,
+    bits_per_dim, data_bits_per_dim, dequantize, exact_divergence, hutchinson_divergence, log_likelihood,
+    log_likelihood_terms,
 )
 from scoresde._keys import per_example_keys
 from scoresde.sde import VPSDE
@@ -77,8 +80,11 @@ def test_gaussian_exact_trace_default_prior_matches_closed_form(gauss):
     assert np.all(np.asarray(nfe) > 20) and np.all(np.asarray(nfe) < 1000)
 
 
-def test_nfe_counts_vector_field_evaluations(gauss):
-    # Count score calls with a host callback (batch of one example) and compare.
+@pytest.mark.parametrize("kw", [dict(), dict(batching="joint", quadrature=3)], ids=["augmented", "quadrature"])
+def test_nfe_counts_vector_field_evaluations(gauss, kw):
+    # Count score calls with a host callback (batch of one example) and compare: every
+    # stage of the augmented solve; with quadrature the trajectory stages, the initial-step
+    # heuristic's two calls and m calls per accepted step (n_divergence of them).
     calls = []
 
     def score(x, t):
@@ -86,11 +92,13 @@ def test_nfe_counts_vector_field_evaluations(gauss):
         return gauss.score(x, t)
 
     x = gauss.mu[None]
-    _, nfe = jax.jit(lambda x: log_likelihood(score, SDE, jax.random.key(0), x, trace="exact", rtol=1e-4,
-                                              atol=1e-4))(x)
-    jax.block_until_ready(nfe)
+    terms = jax.jit(lambda x: log_likelihood_terms(score, SDE, jax.random.key(0), x, trace="exact", rtol=1e-4,
+                                                   atol=1e-4, **kw))(x)
+    jax.block_until_ready(terms)
     jax.effects_barrier()
-    assert int(nfe[0]) == len(calls), (int(nfe[0]), len(calls))
+    assert int(terms.nfe[0]) == len(calls), (int(terms.nfe[0]), len(calls))
+    if kw:
+        assert 0 < int(terms.n_divergence[0]) < int(terms.nfe[0]) and int(terms.n_divergence[0]) % 3 == 0
 
 
 # --- 16-D Gaussian mixture (the benchmark's case B) ------------------------------------
@@ -116,13 +124,14 @@ def mixture_loglik(mixture_b):
     kept fixed, so calls with the same settings and shapes reuse one compilation."""
     score = mixture_b.score_fn(SDE)
     p_T = lambda z: mixture_b.log_prob(z, SDE.T, SDE)  # noqa: E731
-    return lambda k, x, trace, probe, n: log_likelihood(score, SDE, k, x, trace=trace, probe=probe,
-                                                        n_probes=n, terminal_logp=p_T)
+    return lambda k, x, trace, probe, n, **kw: log_likelihood_terms(score, SDE, k, x, trace=trace, probe=probe,
+                                                                    n_probes=n, terminal_logp=p_T, **kw)
 
 
 @pytest.fixture(scope="module")
 def mixture_exact(mixture_loglik, mixture_points):
-    return mixture_loglik(jax.random.key(0), mixture_points, "exact", "rademacher", 1)
+    t = mixture_loglik(jax.random.key(0), mixture_points, "exact", "rademacher", 1)
+    return t.logp, t.nfe
 
 
 def test_mixture_exact_trace_matches_analytic(mixture_b, mixture_points, mixture_exact):
@@ -133,6 +142,78 @@ def test_mixture_exact_trace_matches_analytic(mixture_b, mixture_points, mixture
     assert np.all(np.isfinite(np.asarray(logp))) and np.all(np.asarray(nfe) > 0)
 
 
+# Each option of the solve against the analytic log p_eps (exact trace, exact p_T: the
+# solver's error alone, budget 1e-3 nats/dim per point as above; the mean error, 1e-4, is
+# 10x below what a first-order slip in the quadrature or the time change would give).
+SOLVES = {
+    "joint-augmented-logsnr-reverse": dict(batching="joint", time_variable="log_snr", jacobian_mode="reverse"),
+    "joint-quadrature3": dict(batching="joint", quadrature=3),
+    "per-example-quadrature3-reverse": dict(quadrature=3, jacobian_mode="reverse"),
+    "joint-quadrature4-dopri8": dict(batching="joint", quadrature=4, solver=diffrax.Dopri8(), rtol=1e-4, atol=1e-4),
+    "fixed24-quadrature3": dict(n_steps=24, quadrature=3),
+}
+
+
+@pytest.mark.parametrize("name", list(SOLVES))
+def test_solve_options_match_analytic(mixture_b, mixture_points, mixture_loglik, name):
+    t = mixture_loglik(jax.random.key(0), mixture_points, "exact", "rademacher", 1, **SOLVES[name])
+    err = np.abs(np.asarray(t.logp - mixture_b.log_prob(mixture_points, SDE.eps, SDE))) / 16
+    assert err.max() < 1e-3 and err.mean() < 1e-4, err
+    # the latent is the end of the flow: its terminal density is what was added
+    np.testing.assert_allclose(np.asarray(t.terminal), np.asarray(mixture_b.log_prob(t.x_T, SDE.T, SDE)), rtol=1e-6)
+    if "quadrature" in SOLVES[name]:
+        assert np.all(np.asarray(t.n_divergence) < np.asarray(t.nfe))
+
+
+def test_fixed_step_solve_ignores_the_rest_of_the_batch(mixture_loglik, mixture_points):
+    # Per-example keys and a fixed grid: a batch split in two halves gives the same
+    # numbers, Hutchinson probes included (a joint adaptive solve would share its steps).
+    keys = jax.random.split(jax.random.key(4), 8)
+    kw = dict(n_steps=12, quadrature=2)
+    whole = mixture_loglik(keys, mixture_points, "hutchinson", "rademacher", 2, **kw)
+    halves = [mixture_loglik(keys[i:i + 4], mixture_points[i:i + 4], "hutchinson", "rademacher", 2, **kw)
+              for i in (0, 4)]
+    np.testing.assert_allclose(np.concatenate([np.asarray(h.logp) for h in halves]), np.asarray(whole.logp),
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(h.nfe) for h in halves]), np.asarray(whole.nfe))
+    # and the probes are really per example: other keys, other numbers
+    other = mixture_loglik(jax.random.split(jax.random.key(5), 8), mixture_points, "hutchinson", "rademacher", 2, **kw)
+    assert np.abs(np.asarray(other.logp - whole.logp)).max() > 1e-3
+
+
+def test_exact_divergence_modes_match_the_jacobian_trace():
+    # A map whose examples do not mix, with per-example conditioning; forward, reverse and
+    # chunked products all give tr(J_b) of jax.jacfwd per example.
+    W = jax.random.normal(jax.random.key(0), (5, 5)) / 2
+    fn = lambda x, c: jnp.tanh(x @ W + c[:, None]) * x  # noqa: E731
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    c = jnp.array([0.1, -0.5, 2.0])
+    probes = jax.random.rademacher(jax.random.key(2), (4, 3, 5), jnp.float32)
+
+    @jax.jit
+    def all_of_them(x, c, probes):
+        ref = jax.vmap(lambda z, cc: jnp.trace(jax.jacfwd(lambda a: fn(a[None], cc[None])[0])(z)))(x, c)
+        divs = [exact_divergence(fn, x, c, mode=m, chunk=k) for m, k in
+                (("forward", None), ("reverse", None), ("forward", 2), ("reverse", 3))]
+        hut = [hutchinson_divergence(fn, x, probes, c, mode=m)[1] for m in ("forward", "reverse")]
+        return ref, divs, hut
+
+    ref, divs, (fwd, rev) = all_of_them(x, c, probes)
+    for v, div in divs:
+        np.testing.assert_allclose(np.asarray(v), np.asarray(fn(x, c)), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(div), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fwd), np.asarray(rev), rtol=1e-5, atol=1e-6)
+    assert fwd.shape == (3, 4)
+    # e^T J e over the 2^5 Rademacher sign vectors averages to the trace exactly
+    signs = jnp.asarray(np.array(np.meshgrid(*[[-1.0, 1.0]] * 5, indexing="ij")).reshape(5, -1).T)
+    allp = jnp.broadcast_to(signs[:, None, :], (32, 3, 5))
+    np.testing.assert_allclose(np.asarray(hutchinson_divergence(fn, x, allp, c)[1].mean(-1)), np.asarray(ref),
+                               rtol=1e-5, atol=1e-5)
+
+
+FAST = dict(batching="joint", quadrature=3)  # Hutchinson checks: any fixed trajectory will do
+
+
 @pytest.mark.parametrize("probe,n_probes", [("rademacher", 1), ("gaussian", 4)])
 def test_hutchinson_is_unbiased(mixture_loglik, mixture_points, mixture_exact, probe, n_probes):
     # M independent estimates per point, from per-example keys on a replicated batch.
@@ -140,8 +221,8 @@ def test_hutchinson_is_unbiased(mixture_loglik, mixture_points, mixture_exact, p
     n = mixture_points.shape[0]
     x = jnp.repeat(mixture_points, M, axis=0)
     keys = jax.random.split(jax.random.key(11 + n_probes), n * M)
-    est, _ = mixture_loglik(keys, x, "hutchinson", probe, n_probes)
-    est = np.asarray(est).reshape(n, M)
+    t = mixture_loglik(keys, x, "hutchinson", probe, n_probes, **FAST)
+    est = np.asarray(t.logp).reshape(n, M)
     exact = np.asarray(mixture_exact[0])
     se = est.std(axis=1, ddof=1) / math.sqrt(M)
     z = (est.mean(axis=1) - exact) / se
@@ -150,6 +231,12 @@ def test_hutchinson_is_unbiased(mixture_loglik, mixture_points, mixture_exact, p
     assert abs(z.mean()) < 3.0 / math.sqrt(n), z  # the z-scores average to ~N(0, 1/n)
     # an estimate with K probes is one draw of the estimator: it is noisy, not constant
     assert np.all(est.std(axis=1) > 1e-3)
+    if n_probes > 1:
+        # the probes' variance predicted from the spread of the per-probe integrals along
+        # one trajectory matches the variance over independent draws (M = 48: +-30%)
+        predicted = np.asarray(t.integrals).var(axis=-1, ddof=1).reshape(n, M).mean(axis=1) / n_probes
+        ratio = predicted / est.var(axis=1, ddof=1)
+        assert np.all((ratio > 0.6) & (ratio < 1.6)), ratio
 
 
 def test_hutchinson_probes_are_per_example(mixture_loglik, mixture_points):
@@ -157,9 +244,9 @@ def test_hutchinson_probes_are_per_example(mixture_loglik, mixture_points):
     # permutes the estimates. (Same batch size as the unbiasedness test: no recompilation.)
     x = jnp.repeat(mixture_points, 48, axis=0)
     keys = jax.random.split(jax.random.key(5), x.shape[0])
-    a, _ = mixture_loglik(keys, x, "hutchinson", "rademacher", 1)
+    a = mixture_loglik(keys, x, "hutchinson", "rademacher", 1, **FAST).logp
     perm = np.random.default_rng(0).permutation(x.shape[0])
-    b, _ = mixture_loglik(keys[perm], x[perm], "hutchinson", "rademacher", 1)
+    b = mixture_loglik(keys[perm], x[perm], "hutchinson", "rademacher", 1, **FAST).logp
     np.testing.assert_allclose(np.asarray(a)[perm], np.asarray(b), rtol=1e-5, atol=1e-4)
 
 
@@ -241,6 +328,12 @@ def test_errors_name_the_argument(gauss):
         log_likelihood(gauss.score, SDE, jax.random.key(0), x, probe="normal")
     with pytest.raises(ValueError, match="n_probes"):
         log_likelihood(gauss.score, SDE, jax.random.key(0), x, n_probes=0)
+    for bad in (dict(batching="vmap"), dict(time_variable="sigma"), dict(jacobian_mode="both"), dict(quadrature=0),
+                dict(n_steps=0), dict(trace_chunk=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            log_likelihood(gauss.score, SDE, jax.random.key(0), x, **bad)
+    with pytest.raises(ValueError, match="n_steps for a fixed-step"):
+        log_likelihood(gauss.score, SDE, jax.random.key(0), x, solver=diffrax.Euler())
     with pytest.raises(TypeError, match="x must be a floating-point"):
         log_likelihood(gauss.score, SDE, jax.random.key(0), jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(ValueError, match="keys but the batch has 2"):
