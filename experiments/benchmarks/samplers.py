@@ -47,18 +47,20 @@ REFERENCE = {
     ("B", 10): ("diffusers DPM-Solver++ 3M", 0.874, 0.99), ("B", 20): ("diffusers UniPC bh2", 0.299, 0.058),
 }
 
-# name -> factory(NFE) -> sampler; every one spends NFE score evaluations.
+LOG_SNR = S.LogSNRGrid()
+# name -> factory(NFE) -> sampler; every one spends NFE score evaluations. Grids are always
+# named explicitly (a sampler's default grid may change).
 CONFIGS = {
     "DDIM, log-SNR": lambda n: S.DDIM(n, grid=S.LogSNRGrid()),
     "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3),
     "DPM-Solver++ 3M, uniform t": lambda n: S.DPMSolverPP(n, 3, grid=S.UniformTimeGrid()),
     "DPM-Solver++ 3M, uniform t, lower-order final": lambda n: S.DPMSolverPP(
         n, 3, grid=S.UniformTimeGrid(), lower_order_final="always"),
-    "DPM-Solver++ 3M + UniC, log-SNR": lambda n: S.UniPC(n, S.DPMSolverPPUpdate(3)),
-    "UniPC bh1-3, log-SNR": lambda n: S.UniPC(n, S.UniP(3, "bh1"), S.UniC("bh1")),
-    "UniPC bh2-3, log-SNR": lambda n: S.UniPC(n),
-    "UniPC bh2-3, log-SNR, no lower-order final": lambda n: S.UniPC(n, lower_order_final="never"),
-    "UniPC bh2-3, log-SNR, denoise final": lambda n: S.UniPC(n, final="denoise"),
+    "DPM-Solver++ 3M + UniC, log-SNR": lambda n: S.UniPC(n, S.DPMSolverPPUpdate(3), grid=LOG_SNR),
+    "UniPC bh1-3, log-SNR": lambda n: S.UniPC(n, S.UniP(3, "bh1"), S.UniC("bh1"), grid=LOG_SNR),
+    "UniPC bh2-3, log-SNR": lambda n: S.UniPC(n, grid=LOG_SNR),
+    "UniPC bh2-3, log-SNR, no lower-order final": lambda n: S.UniPC(n, grid=LOG_SNR, lower_order_final="never"),
+    "UniPC bh2-3, log-SNR, denoise final": lambda n: S.UniPC(n, grid=LOG_SNR, final="denoise"),
     "UniPC bh2-3, EDM rho 7": lambda n: S.UniPC(n, grid=S.EDMGrid()),
     "UniPC bh2-3, uniform t": lambda n: S.UniPC(n, grid=S.UniformTimeGrid()),
     "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3),
@@ -66,7 +68,7 @@ CONFIGS = {
     "iPNDM, log-SNR": lambda n: S.IPNDM(n, grid=S.LogSNRGrid()),
     "EDM Heun (2 NFE/step)": lambda n: S.EDMHeun(max(1, n // 2)),
 }
-FIT_CONFIG = "UniPC bh2-3, log-SNR"
+FIT_CONFIG = "UniPC bh2-3, log-SNR"  # the fit starts from this and three other grids
 
 
 def _block(x):
