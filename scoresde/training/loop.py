@@ -40,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preempted(SystemExit):
-    """SIGTERM was received; a checkpoint was written at `step`."""
+    """SIGTERM was received at `step` (a checkpoint was written there if the loop had a checkpointer)."""
 
     def __init__(self, step: int):
         self.step = step
@@ -191,9 +191,12 @@ def train_loop(state: Any, train_step: Callable, batches: Iterable, *, start_ste
                                              or terminated.is_set()):
                 save(step)
             if terminated.is_set():
-                checkpointer is not None and checkpointer.wait()
                 bar.close()
-                print(f"SIGTERM received: saved a checkpoint at step {step}; exiting.", flush=True)
+                if checkpointer is not None:
+                    checkpointer.wait()
+                    print(f"SIGTERM received: saved a checkpoint at step {step}; exiting.", flush=True)
+                else:
+                    print(f"SIGTERM received at step {step} (no checkpointer: nothing saved); exiting.", flush=True)
                 raise Preempted(step)
         if pending is not None:
             _check(*pending)
