@@ -16,6 +16,9 @@ Weightings (`__call__(t, sde) -> lambda(t)`):
                        (Song, Durkan, Murray & Ermon 2021, Thm. 1)
   EDMWeighting         lambda = (sh^2 + sd^2)/(sh sd)^2 * sigma^4 / alpha^2 with sh = sigma/alpha:
                        EDM's lambda(sigma) || D - x_0 ||^2 (Karras et al. 2022) in score units.
+  FlowMatchingWeighting lambda = g^4 / 4: the flow-matching loss || u_hat - u ||^2 of
+                       the velocity u = alpha' x_0 + sigma' z (Lipman et al. 2023), by
+                       u_hat - u = -(g^2 / (2 sigma)) (sigma s + z) for u_hat = f x - g^2/2 s.
 
 Time samplers (`__call__(key, n, sde) -> (t, w)`):
   unit samplers (`unit(key, n) -> u in [0, 1]`, t = eps + (T - eps) u): UniformTime,
@@ -84,6 +87,27 @@ class EDMWeighting(AbstractWeighting):
         sh2 = jnp.exp(-sde.log_snr(t))  # (sigma/alpha)^2
         sd2 = self.sigma_data**2
         return (sh2 + sd2) / (sh2 * sd2) * sde.sigma(t) ** 2 / sde.alpha(t) ** 2
+
+
+class FlowMatchingWeighting(AbstractWeighting):
+    """lambda(t) = g(t)^4 / 4: the conditional flow-matching loss (Lipman et al. 2023,
+    "Flow Matching for Generative Modeling", eq. 9; Liu et al. 2023's rectified flow).
+
+    The identity. With x_t = alpha x_0 + sigma z, the conditional velocity u = d x_t / dt =
+    alpha' x_0 + sigma' z and the model's velocity u_hat = f x_t - g^2/2 s(x_t, t) (the
+    probability-flow drift of the score s; `parameterization.convert(..., to="velocity")`),
+    f x_t = alpha' x_0 + f sigma z and sigma' - f sigma = g^2 / (2 sigma) give
+
+        u_hat - u = -(g^2 / (2 sigma)) (sigma s + z),
+        || u_hat - u ||^2 = (g^2 / (2 sigma))^2 || sigma s + z ||^2 = lambda / sigma^2 || sigma s + z ||^2,
+
+    so `dsm_loss(score, sde, ..., weighting=FlowMatchingWeighting())` of a velocity network
+    (`VelocityPrediction`) is exactly E_t E || u_hat - u ||^2. On `FlowMatchingPath`,
+    g^2 / (2 sigma) = 1 / (1 - t) and u = z - x_0.
+    """
+
+    def over_sigma2(self, t, sde):
+        return (sde.g2(t) / (2.0 * sde.sigma(t))) ** 2
 
 
 # --- time samplers ---------------------------------------------------------------------
@@ -243,6 +267,7 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
     return loss, per
 
 
-__all__ = ["AbstractWeighting", "SimpleWeighting", "LikelihoodWeighting", "EDMWeighting", "AbstractTimeSampler",
+__all__ = ["AbstractWeighting", "SimpleWeighting", "LikelihoodWeighting", "EDMWeighting", "FlowMatchingWeighting",
+           "AbstractTimeSampler",
            "AbstractUnitSampler", "UniformTime", "AntitheticTime", "StratifiedTime", "DiscreteTime",
            "LikelihoodImportanceTime", "LogNormalTime", "dsm_loss"]

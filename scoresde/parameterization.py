@@ -12,6 +12,17 @@ interchangeable given (x_t, t):
 
 (the v relations hold for any alpha, sigma, not only alpha^2 + sigma^2 = 1).
 
+The fifth target, "velocity", is the flow-matching velocity (Lipman et al. 2023; Liu et
+al. 2023), the time derivative of the conditional path x_t = alpha x_0 + sigma eps:
+
+    u     = alpha' x0 + sigma' eps                (' = d/dt; u = eps - x0 on FlowMatchingPath)
+          = f x - g^2 / 2 score                   (the probability-flow ODE drift, for E[.|x_t])
+    =>  x0  = (sigma' x - sigma u) / det,   eps = (alpha u - alpha' x) / det,
+        det = alpha sigma' - sigma alpha' = alpha g^2 / (2 sigma)   (1 on FlowMatchingPath),
+
+(alpha', sigma' from `AbstractSDE.d_alpha`, `d_sigma`). It is not Salimans & Ho's v, which
+is the derivative along the angle of a variance-preserving path.
+
 EDM preconditioning (Karras et al. 2022, "Elucidating the Design Space...", Table 1)
 is written for x_hat = x / alpha with noise level sigma_hat = sigma / alpha, so it
 applies to VP, sub-VP and VE alike:
@@ -61,32 +72,55 @@ def score_from_x0(sde: AbstractSDE, x: Array, t, x0: Array) -> Array:
     return -(x - a * x0) / (s * s)
 
 
-def to_eps(kind: str, value: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
-    """Convert a prediction of `kind` ('eps', 'score', 'x0', 'v') at (x, t) into eps."""
+def _rates(sde: AbstractSDE, t, x):
+    """(alpha', sigma', det = alpha sigma' - sigma alpha') broadcast against x."""
     a, s = _coeffs(sde, t, x)
+    da, ds = bcast(sde.d_alpha(t), x), bcast(sde.d_sigma(t), x)
+    return da, ds, a * ds - s * da
+
+
+_KINDS = ("eps", "score", "x0", "v", "velocity")
+
+
+def _check_kind(kind, name="kind"):
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}; got {name}={kind!r}.")
+
+
+def to_eps(kind: str, value: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
+    """Convert a prediction of `kind` ('eps', 'score', 'x0', 'v', 'velocity') at (x, t) into eps."""
+    _check_kind(kind)
+    a, s = _coeffs(sde, t, x)
+    if kind == "velocity":
+        da, _, det = _rates(sde, t, x)
+        return (a * value - da * x) / det
     if kind == "eps":
         return value
     if kind == "score":
         return -s * value
     if kind == "x0":
         return (x - a * value) / s
-    if kind == "v":
-        return (s * x + a * value) / (a * a + s * s)
-    raise ValueError(f"kind must be one of 'eps', 'score', 'x0', 'v'; got {kind!r}.")
+    return (s * x + a * value) / (a * a + s * s)  # "v"
 
 
 def from_eps(kind: str, eps: Array, x: Array, t: Array, sde: AbstractSDE) -> Array:
-    """Convert eps at (x, t) into a prediction of `kind` ('eps', 'score', 'x0', 'v')."""
+    """Convert eps at (x, t) into a prediction of `kind` ('eps', 'score', 'x0', 'v', 'velocity').
+
+    velocity = alpha' x0 + sigma' eps with x0 = (x - sigma eps) / alpha, i.e.
+    f x + (sigma' - f sigma) eps = f x + g^2 / (2 sigma) eps."""
+    _check_kind(kind)
     a, s = _coeffs(sde, t, x)
+    if kind == "velocity":
+        _, ds, _ = _rates(sde, t, x)
+        f = bcast(sde.f(t), x)
+        return f * x + (ds - f * s) * eps
     if kind == "eps":
         return eps
     if kind == "score":
         return -eps / s
     if kind == "x0":
         return (x - s * eps) / a
-    if kind == "v":
-        return a * eps - s * (x - s * eps) / a
-    raise ValueError(f"kind must be one of 'eps', 'score', 'x0', 'v'; got {kind!r}.")
+    return a * eps - s * (x - s * eps) / a  # "v"
 
 
 def convert(value: Array, *, frm: str, to: str, x: Array, t: Array, sde: AbstractSDE) -> Array:
@@ -96,6 +130,8 @@ def convert(value: Array, *, frm: str, to: str, x: Array, t: Array, sde: Abstrac
     through eps (x0 <-> score, v -> x0), so conversions stay as well conditioned as
     the target allows.
     """
+    _check_kind(frm, "frm")
+    _check_kind(to, "to")
     if frm == to:
         return value
     if frm == "x0" and to == "score":
@@ -108,6 +144,14 @@ def convert(value: Array, *, frm: str, to: str, x: Array, t: Array, sde: Abstrac
     if frm == "x0" and to == "v":
         eps = (x - a * value) / s
         return a * eps - s * value
+    if frm == "velocity" and to == "x0":
+        _, ds, det = _rates(sde, t, x)
+        return (ds * x - s * value) / det
+    if frm == "x0" and to == "velocity":
+        da, ds, _ = _rates(sde, t, x)
+        return da * value + ds * (x - a * value) / s
+    if frm == "score" and to == "velocity":
+        return sde.ode_drift(lambda _x, _t: value, x, t)
     return from_eps(to, to_eps(frm, value, x, t, sde), x, t, sde)
 
 
@@ -170,6 +214,13 @@ class VPrediction(AbstractTargetPrediction):
     kind: ClassVar[str] = "v"
 
 
+class VelocityPrediction(AbstractTargetPrediction):
+    """The network predicts the flow-matching velocity u = alpha' x0 + sigma' eps, the
+    probability-flow drift (Lipman et al. 2023; u = eps - x0 on `FlowMatchingPath`):
+    score = -(alpha u - alpha' x) / (det sigma), det = alpha sigma' - sigma alpha'."""
+    kind: ClassVar[str] = "velocity"
+
+
 class EDMPreconditioning(AbstractParameterization):
     """EDM preconditioning (Karras et al. 2022) on x_hat = x/alpha, sigma_hat = sigma/alpha.
 
@@ -225,5 +276,6 @@ def denoiser_from_score(score_fn: Callable, sde: AbstractSDE) -> Callable:
 
 __all__ = ["x0_from_score", "score_from_x0", "to_eps", "from_eps", "convert", "AbstractParameterization",
            "AbstractTargetPrediction",
-           "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPreconditioning",
+           "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "VelocityPrediction",
+           "EDMPreconditioning",
            "score_fn_from_network", "denoiser_from_score"]

@@ -26,6 +26,7 @@ as ordinary arguments. Arguments are validated when an SDE is built.
 # evaluated annotation (as a string it would become a dataclass field of the abstract class).
 import abc
 import math
+from typing import Callable
 
 import equinox as eqx
 import jax
@@ -88,6 +89,19 @@ class AbstractSDE(eqx.Module):
     def diffusion(self, t: Array) -> Array:
         """g(t)."""
         return jnp.sqrt(self.g2(t))
+
+    def d_alpha(self, t: Array) -> Array:
+        """d alpha / dt, by forward-mode differentiation of the closed form alpha(t)
+        (equal to f(t) alpha(t); written this way it stays finite where f is not, e.g.
+        the flow-matching path near t = 1)."""
+        t = jnp.asarray(t, jnp.result_type(float))
+        return jax.jvp(self.alpha, (t,), (jnp.ones_like(t),))[1]
+
+    def d_sigma(self, t: Array) -> Array:
+        """d sigma / dt, by forward-mode differentiation of the closed form sigma(t)
+        (equal to (g^2 / 2 + f sigma^2) / sigma)."""
+        t = jnp.asarray(t, jnp.result_type(float))
+        return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))[1]
 
     def drift(self, x: Array, t: Array) -> Array:
         """Forward drift f(t) x."""
@@ -394,4 +408,161 @@ class VESDE(AbstractSDE):
         return self.sigma_max
 
 
-__all__ = ["AbstractSDE", "AbstractLinearBetaSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE"]
+def _check_end_below_one(T):
+    T_c = concrete_or_none(T)
+    if T_c is not None and not (T_c < 1.0):
+        raise ValueError(
+            f"T must be smaller than 1 for the flow-matching path (got T={float(T_c)}): at t = 1, alpha = 0, "
+            "so f = -1/(1 - t) and g^2 = 2t/(1 - t) are infinite and the probability-flow velocity "
+            "x - E[x_0 | x_1] cannot be recovered from a score (the score at t = 1 is exactly -x); "
+            "use T = 1 - 1e-3 (the default) or closer to 1 in float64.")
+
+
+class FlowMatchingPath(AbstractSDE):
+    """The flow-matching / rectified-flow path (Lipman et al. 2023, "Flow Matching for
+    Generative Modeling"; Liu et al. 2023, "Flow Straight and Fast"; the conditional
+    optimal-transport path with sigma_min = 0) as a linear SDE:
+
+        x_t = (1 - t) x_0 + t z,   alpha(t) = 1 - t,   sigma(t) = t,
+        f(t)   = d log alpha / dt = -1 / (1 - t),
+        g(t)^2 = d sigma^2/dt - 2 f sigma^2 = 2t + 2t^2 / (1 - t) = 2t / (1 - t),
+        lambda(t) = 2 log((1 - t) / t),   t(lambda) = 1 / (1 + e^{lambda/2}) = sigmoid(-lambda/2),
+
+    prior N(0, I). Its probability-flow velocity f x - g^2/2 score is the flow-matching
+    velocity E[z - x_0 | x_t] (see `scoresde.parameterization`, kind "velocity"), so every
+    ODE sampler integrates the rectified flow, and the reverse SDE dx = [f x - g^2 score]
+    dt + g dW_bar is the member of the path's SDE family whose forward marginals are
+    these. The end point t = 1 (alpha = 0) is excluded: f and g^2 blow up as 1/(1 - t)
+    and the velocity at t = 1, x - E[x_0], is not a function of the score there, so the
+    default T = 1 - 1e-3 stops where alpha(T) = 1e-3 (the linear VP SDE stops at
+    alpha(1) = 6.7e-3); the prior N(0, I) then differs from p_T by as much as VP's does.
+    """
+
+    eps: float = 1e-3
+    T: float = 1.0 - 1e-3
+
+    def __check_init__(self):
+        _check_end_below_one(self.T)
+
+    def log_alpha(self, t):
+        return jnp.log1p(-jnp.asarray(t, jnp.result_type(float)))
+
+    def sigma(self, t):
+        return jnp.asarray(t, jnp.result_type(float))
+
+    def log_snr(self, t):
+        t = jnp.asarray(t, jnp.result_type(float))
+        return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+    def f(self, t):
+        return -1.0 / (1.0 - jnp.asarray(t, jnp.result_type(float)))
+
+    def g2(self, t):
+        t = jnp.asarray(t, jnp.result_type(float))
+        return 2.0 * t / (1.0 - t)
+
+    def t_from_log_snr(self, log_snr):
+        return jax.nn.sigmoid(-0.5 * log_snr)
+
+    @property
+    def prior_std(self):
+        return 1.0
+
+
+def _bisect_decreasing(fn, target, lo, hi, n_iter: int = 60):
+    """The t in [lo, hi] with fn(t) = target for a decreasing fn, elementwise, by bisection."""
+    target = jnp.asarray(target)
+    lo = jnp.full(target.shape, lo, target.dtype)
+    hi = jnp.full(target.shape, hi, target.dtype)
+
+    def body(_, bounds):
+        a, b = bounds
+        m = 0.5 * (a + b)
+        above = fn(m) > target  # fn decreasing: the root lies to the right of m
+        return jnp.where(above, m, a), jnp.where(above, b, m)
+
+    a, b = jax.lax.fori_loop(0, n_iter, body, (lo, hi))
+    return 0.5 * (a + b)
+
+
+class Interpolant(AbstractSDE):
+    """A user-defined linear path x_t = alpha(t) x_0 + sigma(t) z as an SDE (the stochastic
+    interpolants of Albergo, Boffi & Vanden-Eijnden 2023 with a Gaussian base; flow
+    matching with a general Gaussian path, Lipman et al. 2023, Sec. 4).
+
+        f(t)   = alpha'(t) / alpha(t),
+        g(t)^2 = 2 sigma sigma' - 2 f sigma^2 = 2 sigma (sigma' - f sigma),
+        lambda(t) = 2 (log alpha - log sigma),
+
+    with alpha' and sigma' by forward-mode differentiation of the given functions; the
+    inverse of the log-SNR is found by bisection on [0, T] (60 halvings). The prior is
+    N(0, prior_std^2 I) with prior_std^2 = alpha(T)^2 + sigma(T)^2, the variance of x_T for
+    unit-variance data.
+
+    Args:
+      alpha: t -> alpha(t), elementwise in jax.numpy, positive and differentiable on
+        [eps, T] (e.g. `lambda t: jnp.cos(jnp.pi / 2 * t)`).
+      sigma: t -> sigma(t), elementwise, positive on [eps, T], with alpha / sigma
+        strictly decreasing (checked on a grid when the path is built).
+      eps, T: the time range.
+
+    The functions are static fields: pass the same function objects to reuse a compiled
+    sampler (a new lambda is a new static value and recompiles). `FlowMatchingPath` is
+    this class for alpha = 1 - t, sigma = t, in closed form.
+    """
+
+    alpha_fn: Callable = eqx.field(static=True)
+    sigma_fn: Callable = eqx.field(static=True)
+    eps: float = 1e-3
+    T: float = 1.0 - 1e-3
+
+    def __check_init__(self):
+        for name in ("alpha_fn", "sigma_fn"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{name[:-3]} must be a function t -> array (jax.numpy, elementwise), "
+                                f"got {type(getattr(self, name)).__name__}.")
+        eps, T = concrete_or_none(self.eps), concrete_or_none(self.T)
+        if eps is None or T is None or not (0 < eps < T):
+            return  # the base class reports a bad range
+        ts = jnp.linspace(float(eps), float(T), 257)
+        a, s = self.alpha_fn(ts), self.sigma_fn(ts)
+        if jnp.shape(a) != ts.shape or jnp.shape(s) != ts.shape:
+            raise ValueError(f"alpha and sigma must be elementwise functions of t (shape {ts.shape} in, "
+                             f"got {jnp.shape(a)} and {jnp.shape(s)} out).")
+        if not (bool(jnp.all(a > 0)) and bool(jnp.all(jnp.isfinite(a)))):
+            raise ValueError(f"alpha(t) must be finite and > 0 on [eps, T] = [{float(eps)}, {float(T)}] "
+                             f"(min {float(jnp.min(a)):g}); stop T before alpha reaches 0.")
+        if not (bool(jnp.all(s > 0)) and bool(jnp.all(jnp.isfinite(s)))):
+            raise ValueError(f"sigma(t) must be finite and > 0 on [eps, T] (min {float(jnp.min(s)):g}); "
+                             "raise eps.")
+        if not bool(jnp.all(jnp.diff(jnp.log(a) - jnp.log(s)) < 0)):
+            raise ValueError("alpha(t) / sigma(t) must decrease strictly on [eps, T] (the log-SNR is "
+                             "inverted by bisection and samplers integrate from low to high SNR).")
+
+    def log_alpha(self, t):
+        return jnp.log(self.alpha_fn(jnp.asarray(t, jnp.result_type(float))))
+
+    def sigma(self, t):
+        return self.sigma_fn(jnp.asarray(t, jnp.result_type(float)))
+
+    def log_snr(self, t):
+        return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
+
+    def f(self, t):
+        return self.d_alpha(t) / self.alpha(t)
+
+    def g2(self, t):
+        s = self.sigma(t)
+        return 2.0 * s * (self.d_sigma(t) - self.f(t) * s)
+
+    def t_from_log_snr(self, log_snr):
+        log_snr = jnp.asarray(log_snr, jnp.result_type(float))
+        return _bisect_decreasing(self.log_snr, log_snr, 0.0, self.T)
+
+    @property
+    def prior_std(self):
+        return jnp.sqrt(self.alpha(self.T) ** 2 + self.sigma(self.T) ** 2)
+
+
+__all__ = ["AbstractSDE", "AbstractLinearBetaSDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE",
+           "FlowMatchingPath", "Interpolant"]
