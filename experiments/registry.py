@@ -24,6 +24,7 @@ SDES: dict[str, Callable[..., sde_lib.AbstractSDE]] = {
     "subvp": sde_lib.SubVPSDE,
     "ve": sde_lib.VESDE,
     "cosine_vp": sde_lib.CosineVPSDE,
+    "flow_matching": sde_lib.FlowMatchingPath,
 }
 MODELS: dict[str, Callable[..., Any]] = {"mlp": models.MLP, "unet": models.UNet, "local_resnet": models.LocalResNet}
 PARAMETERIZATIONS = {
