@@ -188,41 +188,44 @@ def test_adaptive_ode_matches_closed_form_and_counts_nfe():
 
 
 # --- SDE solvers on one Brownian path (VirtualBrownianTree, float64) ----------------------
-def _strong_errors(make, ns, ref):
+TOL = 2.0**-12
+SOLVERS = {"shark": lambda n: ReverseSRK(n, brownian_tol=TOL),
+           "euler_maruyama": lambda n: EulerMaruyama(n, use_diffrax=True, brownian_tol=TOL)}
+
+
+@pytest.fixture(scope="module")
+def one_path():
+    """Solutions of every (solver, steps) the strong-order tests use, on one Brownian path
+    (the same key for every solve), computed once: {(name, n): samples (32, 1)}."""
     with enable_x64():
         sde = VPSDE()
         gm = GaussianMixture.isotropic(jnp.array([1.0]), jnp.array([[0.5]]), 0.09)
         x_T = sde.prior_sample(jax.random.key(10), (32, 1), jnp.float64)
         key = jax.random.key(11)
         sf = gm.score_fn(sde)
-        x_ref = _run(ref, sf, sde, key, x_T).samples
-        return [float(jnp.sqrt(jnp.mean((_run(make(n), sf, sde, key, x_T).samples - x_ref) ** 2)))
-                for n in ns]
+        runs = [("shark", n) for n in (16, 32, 64, 256)] + [("euler_maruyama", n) for n in (16, 32, 64, 512)]
+        return {(name, n): _run(SOLVERS[name](n), sf, sde, key, x_T).samples for name, n in runs}
 
 
-TOL = 2.0**-12
+def _rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))  # float64 solutions
 
 
-@pytest.mark.parametrize("make", [
-    lambda n: ReverseSRK(n, brownian_tol=TOL),
-    lambda n: EulerMaruyama(n, use_diffrax=True, brownian_tol=TOL),
-], ids=["shark", "euler_maruyama"])
-def test_strong_order_same_brownian_path(make):
+@pytest.mark.parametrize("name", ["shark", "euler_maruyama"])
+def test_strong_order_same_brownian_path(one_path, name):
     """Additive noise: ShARK (forward time s = T - t) has strong order 1.5 and Euler-Maruyama
-    strong order 1, against a fine ShARK solve on the same Brownian path: the fitted slope
-    is within 0.25 of the declared `order`."""
-    ref = ReverseSRK(256, brownian_tol=TOL)
+    strong order 1, against a fine 256-step ShARK solve on the same Brownian path: the
+    fitted slope is within 0.25 of the declared `order`."""
     ns = (16, 32, 64)
-    errs = _strong_errors(make, ns, ref)
-    assert abs(_slope(ns, errs) - make(ns[0]).order) < 0.25, errs
+    errs = [_rms(one_path[name, n], one_path["shark", 256]) for n in ns]
+    assert abs(_slope(ns, errs) - SOLVERS[name](ns[0]).order) < 0.25, errs
 
 
-def test_forward_time_shark_agrees_with_fine_em_on_same_path():
+def test_forward_time_shark_agrees_with_fine_em_on_same_path(one_path):
     """The forward-time ShARK solution (diffrax #598 workaround) is the pathwise solution:
     it agrees with a 512-step EM on the same Brownian path, and better than a 64-step EM."""
-    fine_em = EulerMaruyama(512, use_diffrax=True, brownian_tol=TOL)
-    err_sh, = _strong_errors(lambda n: ReverseSRK(n, brownian_tol=TOL), (64,), fine_em)
-    err_em, = _strong_errors(lambda n: EulerMaruyama(n, use_diffrax=True, brownian_tol=TOL), (64,), fine_em)
+    fine_em = one_path["euler_maruyama", 512]
+    err_sh, err_em = _rms(one_path["shark", 64], fine_em), _rms(one_path["euler_maruyama", 64], fine_em)
     assert err_sh < 0.01 and err_sh < err_em / 3, (err_sh, err_em)
 
 
