@@ -6,6 +6,7 @@ returning an array shaped like x; they become score functions only through
 """
 
 from scoresde.models.embeddings import (
+    AbstractConditionedNet,
     TimeEmbedding,
     count_params,
     gaussian_fourier_embedding,
@@ -15,5 +16,5 @@ from scoresde.models.mlp import MLP
 from scoresde.models.resnet import LocalResNet
 from scoresde.models.unet import UNet
 
-__all__ = ["LocalResNet", "MLP", "TimeEmbedding", "count_params", "gaussian_fourier_embedding",
+__all__ = ["AbstractConditionedNet", "LocalResNet", "MLP", "TimeEmbedding", "count_params", "gaussian_fourier_embedding",
            "sinusoidal_embedding", "UNet"]

@@ -91,6 +91,29 @@ def drop_labels(y: Array | None, num_classes: int | None, rate: float, train: bo
     return jnp.where(keep, y, num_classes)
 
 
+class AbstractConditionedNet(nn.Module):
+    """The conditioning every score network here shares: a time embedding of t and, with
+    num_classes set, of the label y (`TimeEmbedding`), with classifier-free label dropout
+    while training (`drop_labels`). Subclasses call `self.conditioning(...)` inside their
+    compact `__call__` (the embedding's parameters live in the subclass's scope, named
+    TimeEmbedding_0) and may redeclare a field to change its default."""
+
+    embedding: str = "sinusoidal"
+    time_scale: float = 1000.0
+    fourier_scale: float = 16.0
+    num_classes: int | None = None
+    class_dropout: float = 0.0
+    dropout: float = 0.0
+
+    def conditioning(self, x: Array, t: Array, y: Array | None, train: bool, emb_dim: int,
+                     out_dim: int) -> Array:
+        """(B, out_dim) embedding of t (a scalar or (B,)) and the labels y of the batch x."""
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+        y = drop_labels(y, self.num_classes, self.class_dropout, train, self.make_rng)
+        return TimeEmbedding(emb_dim, out_dim, self.embedding, self.time_scale, self.fourier_scale,
+                             self.num_classes)(t, y)
+
+
 def count_params(variables) -> int:
     """Number of scalars in the 'params' collection (or in the whole tree)."""
     tree = variables.get("params", variables) if hasattr(variables, "get") else variables

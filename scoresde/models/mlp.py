@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from scoresde.models.embeddings import TimeEmbedding, drop_labels
+from scoresde.models.embeddings import AbstractConditionedNet
 
 Array = jax.Array
 
 
-class MLP(nn.Module):
+class MLP(AbstractConditionedNet):
     """MLP(width, depth): apply(variables, x (B, D), t (B,), y=None, train=False) -> (B, D).
 
     num_classes: if set, labels y in 0..num_classes (num_classes = null label) are
@@ -32,20 +31,12 @@ class MLP(nn.Module):
     depth: int = 3
     emb_dim: int = 128
     embedding: str = "fourier"
-    time_scale: float = 1000.0
-    fourier_scale: float = 16.0
-    num_classes: int | None = None
-    class_dropout: float = 0.0
-    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False) -> Array:
         if x.ndim != 2:
             raise ValueError(f"MLP expects x of shape (batch, dim), got {x.shape}; flatten images first.")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-        y = drop_labels(y, self.num_classes, self.class_dropout, train, self.make_rng)
-        emb = TimeEmbedding(self.emb_dim, self.width, self.embedding, self.time_scale,
-                            self.fourier_scale, self.num_classes)(t, y)
+        emb = self.conditioning(x, t, y, train, self.emb_dim, self.width)
         h = nn.Dense(self.width)(x)
         for _ in range(self.depth):
             z = nn.Dense(self.width)(nn.silu(h)) + nn.Dense(self.width)(emb)

@@ -23,12 +23,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.embeddings import TimeEmbedding, drop_labels
+from scoresde.models.embeddings import AbstractConditionedNet
 
 Array = jax.Array
 
 
-class LocalResNet(nn.Module):
+class LocalResNet(AbstractConditionedNet):
     """apply(variables, x (B, H, W, C), t (B,), y=None, train=False) -> (B, H, W, C).
 
     padding: "circular" (translation equivariant on the torus) or "zeros".
@@ -39,12 +39,6 @@ class LocalResNet(nn.Module):
     n_layers: int = 8
     padding: str = "circular"
     emb_dim: int = 64
-    embedding: str = "sinusoidal"
-    time_scale: float = 1000.0
-    fourier_scale: float = 16.0
-    num_classes: int | None = None
-    class_dropout: float = 0.0
-    dropout: float = 0.0
 
     @property
     def receptive_field(self) -> int:
@@ -60,10 +54,7 @@ class LocalResNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"LocalResNet expects x of shape (batch, H, W, C), got {x.shape}.")
         pad = "CIRCULAR" if self.padding == "circular" else "SAME"
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-        y = drop_labels(y, self.num_classes, self.class_dropout, train, self.make_rng)
-        emb = nn.silu(TimeEmbedding(self.emb_dim, 2 * self.emb_dim, self.embedding, self.time_scale,
-                                    self.fourier_scale, self.num_classes)(t, y))
+        emb = nn.silu(self.conditioning(x, t, y, train, self.emb_dim, 2 * self.emb_dim))
         h = nn.Conv(self.channels, (3, 3), padding=pad, name="conv_in")(x)
         for i in range(self.n_layers - 2):
             film = nn.Dense(2 * self.channels, name=f"film_{i}")(emb)[:, None, None, :]

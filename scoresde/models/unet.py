@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.embeddings import TimeEmbedding, drop_labels
+from scoresde.models.embeddings import AbstractConditionedNet
 
 Array = jax.Array
 
@@ -75,7 +75,7 @@ class AttnBlock(nn.Module):
         return out / math.sqrt(2.0) if self.skip_rescale else out
 
 
-class UNet(nn.Module):
+class UNet(AbstractConditionedNet):
     """apply(variables, x (B, H, W, C), t (B,), y=None, train=False) -> (B, H, W, C).
 
     ch: base width; ch_mult: width multiplier per resolution level; num_res_blocks per
@@ -89,12 +89,6 @@ class UNet(nn.Module):
     ch_mult: Sequence[int] = (1, 2)
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = ()
-    dropout: float = 0.0
-    embedding: str = "sinusoidal"
-    time_scale: float = 1000.0
-    fourier_scale: float = 16.0
-    num_classes: int | None = None
-    class_dropout: float = 0.0
     skip_rescale: bool = True
 
     @nn.compact
@@ -105,10 +99,7 @@ class UNet(nn.Module):
         if x.shape[1] % 2**n_down or x.shape[2] % 2**n_down:
             raise ValueError(f"image size {x.shape[1:3]} must be divisible by 2^(len(ch_mult)-1) = "
                              f"{2**n_down}; use fewer levels in ch_mult={tuple(self.ch_mult)} or pad.")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-        y = drop_labels(y, self.num_classes, self.class_dropout, train, self.make_rng)
-        emb = TimeEmbedding(self.ch, 4 * self.ch, self.embedding, self.time_scale,
-                            self.fourier_scale, self.num_classes)(t, y)
+        emb = self.conditioning(x, t, y, train, self.ch, 4 * self.ch)
         block = lambda c: ResBlock(c, self.dropout, self.skip_rescale)  # noqa: E731
         attn = lambda h: AttnBlock(self.skip_rescale)(h) if h.shape[1] in self.attn_resolutions else h  # noqa: E731
 
