@@ -15,6 +15,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from scoresde._checks import check_same_shape
 from scoresde._types import Array, PyTree, ScoreFn
 
 
@@ -109,6 +110,30 @@ def add_batch_axis(cond: PyTree) -> PyTree:
     if cond is None:
         return None
     return jax.tree_util.tree_map(lambda c: jnp.asarray(c)[None], cond)
+
+
+def check_score(score_fn: ScoreFn, x: Array, t, cond: PyTree = None, name: str = "x") -> None:
+    """Raise unless score_fn maps the batch x, and also its first example alone (with its
+    slice of cond), to arrays shaped like its input (shapes only: jax.eval_shape, nothing
+    runs). The second check catches a score that closes over batch-shaped arrays: it
+    works on the whole batch but breaks where a solver calls it one example at a time."""
+    def shape_of(xs, c):
+        ts = jax.ShapeDtypeStruct(xs.shape[:1], xs.dtype)
+        return jax.eval_shape(lambda x_, t_, c_: call_score(score_fn, x_, jnp.full_like(t_, t), c_), xs, ts, c)
+
+    check_same_shape(shape_of(x, cond), x, "score_fn(x, t)", name)
+    if x.shape[0] > 1:
+        one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
+        c1 = None if cond is None else jax.tree_util.tree_map(lambda c: jnp.asarray(c)[:1], cond)
+        out = shape_of(one, c1)
+        if out.shape != one.shape:
+            raise ValueError(
+                f"score_fn returned shape {out.shape} for one example of shape {one.shape} (it works on "
+                f"the whole batch {x.shape}): it depends on batch-shaped arrays that it closes over. "
+                "Solvers that treat each example on its own (ProbabilityFlowODE, EulerMaruyama with "
+                "diffrax, the likelihood) call it one example at a time; pass per-example labels or "
+                "measurements as cond= (the score is then called as score(x, t, cond) with each "
+                "example's slice).")
 
 
 def check_cond(cond: PyTree, batch: int, name: str = "cond") -> None:

@@ -313,3 +313,10 @@ def test_errors_are_clear():
         sample(EulerMaruyama(2), sf, sde, jax.random.key(0), jnp.zeros((4, 2), jnp.int32))
     with pytest.raises(TypeError, match="sampler"):
         sample("em", sf, sde, jax.random.key(0), x)
+    # a score closing over a batch of labels works on the whole batch but not on one
+    # example (as the per-example diffrax solves call it): named, with the fix
+    labels = jnp.arange(4.0)
+    closure = lambda x_, t_: sf(x_, t_) + labels[:, None]  # noqa: E731
+    for smp in (EulerMaruyama(2), ProbabilityFlowODE()):
+        with pytest.raises(ValueError, match=r"for one example of shape \(1, 2\).*closes over.*cond="):
+            sample(smp, closure, sde, jax.random.key(0), x)

@@ -26,10 +26,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._checks import check_batched, check_float_data, check_same_shape
+from scoresde._checks import check_batched, check_float_data
 from scoresde._keys import per_example_keys
 from scoresde._types import Array, PyTree, ScoreFn
-from scoresde._util import batch_time, bind_cond, call_score, check_cond, check_steps, scan_grid
+from scoresde._util import batch_time, bind_cond, call_score, check_cond, check_score, check_steps, scan_grid
 from scoresde.parameterization import x0_from_score
 from scoresde.sampling.grids import AbstractTimeGrid
 from scoresde.sde import AbstractSDE
@@ -139,9 +139,7 @@ def sample(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, x
     check_float_data(x_T, "x_T")
     check_batched(x_T, "x_T")
     check_cond(cond, x_T.shape[0])
-    out = jax.eval_shape(lambda x, t, c: call_score(score_fn, x, t, c), x_T,
-                         jnp.full(x_T.shape[:1], sde.T, x_T.dtype), cond)
-    check_same_shape(out, x_T, "score_fn(x_T, t)", "x_T")
+    check_score(score_fn, x_T, sde.T, cond, "x_T")
     keys = per_example_keys(key, x_T.shape[0])
     x, nfe, traj = sampler.run(score_fn, sde, keys, x_T, cond, bool(trajectory))
     nfe = jnp.asarray(nfe, jnp.int32)
