@@ -22,6 +22,14 @@ workdir layout:
 Data order is reproducible: batch j of the run is batch j of
 make_iterator(seed=config.seed, ...); a checkpoint records how many batches were
 consumed and a resumed run skips that many, so resume == uninterrupted run bitwise.
+
+Several processes (`experiments/launch.py`, or one per host on a cluster) run these
+same functions together: each reads its rows of every global batch, the pmapped step
+spans the devices of all processes, every process takes part in checkpoint saves and
+restores (orbax's multi-process protocol), the test likelihood and the samples are
+split over processes by batch (`parallel.process_slice`) and gathered
+(`parallel.allgather_rows`), so every number equals the single-process one, and only
+process 0 prints, writes TensorBoard logs, samples and metrics.json.
 """
 
 from __future__ import annotations
@@ -69,8 +77,14 @@ class Experiment:
     conditional: bool
     process_index: int
     process_count: int
-    n_devices: int
+    n_devices: int  # local devices of this process
     host_batch: int  # examples per host and step (data.batch_size is the global batch)
+    global_devices: int = 1  # devices of all processes: the pmapped axis of the train step
+
+    @property
+    def is_first(self) -> bool:
+        """Process 0: the one that prints and writes logs, samples and metrics."""
+        return self.process_index == 0
 
     @property
     def data_range(self) -> tuple[float, float]:
@@ -115,7 +129,8 @@ def build(config) -> Experiment:
                       weighting=weighting, time_sampler=time_sampler, sampler=sampler,
                       tx=registry.build_optimizer(config), input_shape=tuple(input_shape),
                       conditional=conditional, process_index=process_index, process_count=process_count,
-                      n_devices=n_devices, host_batch=host_batch)
+                      n_devices=n_devices, host_batch=host_batch,
+                      global_devices=parallel.global_device_count())
 
 
 Setup = build  # the name experiments/guided.py calls
@@ -203,13 +218,23 @@ def make_nll_fn(exp: Experiment, tol: float | None = None) -> Callable:
 
 def nll(fn: Callable, params, key, data, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-example (value, nfe) of a `make_nll_fn` function over `data`, in batches
-    (batch i uses fold_in(key, i))."""
+    (the batch starting at example i uses fold_in(key, i)).
+
+    With several processes each solves a contiguous block of the batches
+    (`parallel.process_slice`) with no collective inside the (adaptive) solves, and the
+    blocks are gathered once at the end, so every process returns the single-process
+    values; all processes must call it.
+    """
+    starts = list(range(0, len(data), batch))
     vals, nfes = [], []
-    for i in range(0, len(data), batch):
+    for j in parallel.process_slice(len(starts)):
+        i = starts[j]
         v, n = fn(params, jax.random.fold_in(key, i), jnp.asarray(data[i:i + batch]))
         vals.append(np.asarray(v))
         nfes.append(np.asarray(n))
-    return np.concatenate(vals), np.concatenate(nfes)
+    vals = np.concatenate(vals) if vals else np.zeros((0,), np.float32)
+    nfes = np.concatenate(nfes) if nfes else np.zeros((0,), np.int32)
+    return parallel.allgather_rows((vals, nfes))
 
 
 def make_sample_fn(exp: Experiment) -> Callable:
@@ -223,12 +248,19 @@ def make_sample_fn(exp: Experiment) -> Callable:
 
 
 def draw_samples(exp: Experiment, params, n: int, key) -> np.ndarray:
-    """n samples in batches of sampling.batch (batch starting at i uses fold_in(key, i))."""
+    """n samples in batches of sampling.batch (batch starting at i uses fold_in(key, i)).
+
+    With several processes each draws a contiguous block of the batches and the blocks
+    are gathered once (as in `nll`): every process returns the single-process samples.
+    """
     fn = make_sample_fn(exp)
     out, bs = [], exp.config.sampling.batch
-    for i in range(0, n, bs):
+    starts = list(range(0, n, bs))
+    for j in parallel.process_slice(len(starts)):
+        i = starts[j]
         out.append(np.asarray(fn(params, jax.random.fold_in(key, i), min(bs, n - i))))
-    return np.concatenate(out)
+    out = np.concatenate(out) if out else np.zeros((0,) + exp.input_shape, np.float32)
+    return parallel.allgather_rows(out)
 
 
 # ---------------------------------------------------------------------------- train
@@ -296,17 +328,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
             raise ValueError(f"workdir {workdir} was trained with seed {meta['data_seed']}, config has "
                              f"seed={config.seed}; use a fresh workdir or the original seed.")
         batches = train_batches(exp, skip=int(meta["data_batches"]))
-        print(f"Resuming from step {start} ({ckpt.directory}).", flush=True)
+        if first:
+            print(f"Resuming from step {start} ({ckpt.directory}).", flush=True)
     writer = MetricWriter(os.path.join(workdir, "tb"), enabled=first)
     if start == 0 and first:
         print(f"{config.model.name}: {count_params({'params': state.params})} parameters; "
               f"{exp.n_devices} local device(s), {exp.process_count} process(es).", flush=True)
 
-    n = exp.n_devices
+    n, n_all = exp.n_devices, exp.global_devices
     step_fn = make_train_step(exp.model, exp.sde, exp.parameterization, exp.tx, weighting=exp.weighting,
                               time_sampler=exp.time_sampler, ema_decay=tc.ema_decay,
-                              conditional=exp.conditional, axis_name="batch" if n > 1 else None, n_devices=n)
-    if n > 1:
+                              conditional=exp.conditional, axis_name="batch" if n_all > 1 else None,
+                              n_devices=n_all, ordered_mean=bool(tc.get("ordered_mean", False)))
+    if n_all > 1:
         train_step = parallel.pmap_train_step(step_fn)
         state, to_host = parallel.replicate(state, n), parallel.unreplicate
         batches = (parallel.shard(b, n) for b in batches)
@@ -320,9 +354,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {"data_batches": step, "data_seed": config.seed, "best_val": selection["best"]}
 
     t0 = time.perf_counter()
+    multi = exp.process_count > 1
     train_loop(state, train_step, batches, start_step=start, num_steps=tc.num_steps, checkpointer=ckpt,
                save_every=tc.save_every, meta_fn=meta_fn, to_host=to_host, writer=writer,
-               log_every=tc.log_every, hooks=hooks)
+               log_every=tc.log_every, hooks=hooks, progress=None if first else False,
+               stop_agreement=parallel.any_process if multi else None,
+               stop_check_every=int(tc.get("stop_check_every", 10)) if multi else 1, announce=first)
     if first:
         print(f"Training done in {time.perf_counter() - t0:.1f} s (steps {start}..{tc.num_steps}).", flush=True)
     ckpt.close()
@@ -359,7 +396,7 @@ def sample(config, workdir: str) -> str:
     exp = build(config)
     params, _, _ = load_for_eval(config, workdir, exp)
     x = draw_samples(exp, params, config.eval.n_samples, jax.random.PRNGKey(config.seed + 777))
-    return write_samples(exp, workdir, x)
+    return write_samples(exp, workdir, x) if exp.is_first else os.path.join(workdir, "samples.png")
 
 
 def write_samples(exp: Experiment, workdir: str, x: np.ndarray) -> str:
@@ -395,6 +432,8 @@ def evaluate(config, workdir: str) -> dict:
     x = draw_samples(exp, params, ec.n_samples, jax.random.PRNGKey(config.seed + 777))
     out["sampling"] = {"method": config.sampling.method, "n_steps": config.sampling.n_steps,
                        "n_samples": int(len(x)), "seconds": time.perf_counter() - t0}
+    if not exp.is_first:  # the numbers are the same on every process; process 0 writes them
+        return out
     out["samples_png"] = write_samples(exp, workdir, x)
     if exp.info.num_levels is not None and ec.get("sample_quality", True):
         out["sample_quality"] = sample_quality(exp, x)

@@ -15,13 +15,17 @@ dequantised data gives the discrete log-likelihood bound
 s = 1 for "[0,1]" and 2 for "[-1,1]" (`log_scale_per_dim`); bits/dim = -that / (D log 2).
 Always use the data set's own L: the digits have 17 levels, not 256.
 
-Batches are per host: with `process_count` hosts every epoch's seeded permutation is
-cut into `process_count` disjoint, equal slices and host `process_index` reads its
-own; the trainer reshapes a host batch for its local devices with
-`scoresde.parallel.shard`. Randomness comes from NumPy generators seeded by the seed
-and the position in the stream: each epoch's permutation by (seed, epoch), batch k's
-dequantisation noise and flips by (seed, process_index, k). A run is reproducible, and
-a resumed run starts at its batch directly (`make_iterator(start_batch=k)`).
+Batches are per host, cut from global batches: with P = `process_count` hosts and a
+host batch of b, global batch k is rows [k P b, (k + 1) P b) of the stream of seeded
+epoch permutations, and host `process_index` = p reads rows [p b, (p + 1) b) of it
+only (its examples, and nothing of the other hosts'); the trainer reshapes a host
+batch for its local devices with `scoresde.parallel.shard`. Randomness comes from
+NumPy generators seeded by the seed and the position in the stream: each epoch's
+permutation by (seed, epoch), global batch k's dequantisation noise and flips by
+(seed, k), each host drawing the values of its rows (`bit_generator.advance` skips the
+others'). So P hosts together see exactly the batches, noise and flips of one host
+with a P b batch. A run is reproducible, and a resumed run starts at its batch
+directly (`make_iterator(start_batch=k)`).
 
 The loader is a small NumPy loop over TFDS random-access data sources
 (`tfds.data_source`, array_record, no TensorFlow). We looked at grain: it would add
@@ -245,14 +249,17 @@ def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epoc
     """Batches {"image": float32 (batch_size, *shape), "label": int32 (batch_size,)}.
 
     Epoch e visits a permutation of the split drawn from (seed, e) (identity if
-    shuffle=False); host `process_index` of `process_count` takes the e-th slice
-    perm[i n/P : (i+1) n/P] (disjoint across hosts, the tail n mod P is left out).
-    Batches run on across epoch boundaries; num_epochs=None repeats forever; at the
-    end of a finite run a partial batch is dropped (drop_remainder) or yielded.
+    shuffle=False). The epochs form one stream cut into global batches of
+    batch_size * process_count examples; host `process_index` = p takes rows
+    [p batch_size, (p + 1) batch_size) of each (disjoint across hosts, together the
+    global batch). Batches run on across epoch boundaries; num_epochs=None repeats
+    forever; at the end of a finite run a partial global batch of r examples is dropped
+    (drop_remainder) or cut into process_count slices of r // process_count (the tail
+    r mod process_count left out) and yielded.
     Image sets are scaled and (optionally) dequantised as in the module docstring, with
     flip=True flipping each image left-right with probability 1/2 (only for sets with
     `flip_ok`); synthetic sets are yielded as they are. Batch k's noise and flips come
-    from (seed, process_index, k), so `start_batch=k` starts the same stream at batch k
+    from (seed, k) (this host's rows of them), so `start_batch=k` starts the same stream at batch k
     without reading batches 0..k-1 (what a resumed run does).
 
     All arguments are checked here, before the first batch, so a bad config fails
@@ -274,49 +281,84 @@ def make_iterator(name: str, split: str, batch_size: int, *, seed: int, num_epoc
         raise ValueError(f"flip=True is not allowed for {name!r} (a mirrored example is not an example "
                          f"of the data set); flips are allowed for: {', '.join(ok)}.")
     src = _open_source(name, split, data_dir)
-    n_local = len(src) // process_count
-    if n_local < batch_size and drop_remainder and num_epochs == 1:
-        raise ValueError(f"batch_size={batch_size} exceeds the {n_local} examples of split {split!r} "
-                         f"of {name!r} available to each of {process_count} process(es).")
-    if n_local == 0:
-        raise ValueError(f"split {split!r} of {name!r} has {len(src)} examples, fewer than "
+    n, global_batch = len(src), batch_size * process_count
+    if n < global_batch and drop_remainder and num_epochs == 1:
+        raise ValueError(f"batch_size={batch_size} x process_count={process_count} exceeds the {n} examples "
+                         f"of split {split!r} of {name!r}.")
+    if n < process_count:
+        raise ValueError(f"split {split!r} of {name!r} has {n} examples, fewer than "
                          f"process_count={process_count}.")
-    return _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip,
+    return _batches(src, info, batch_size, process_count, seed, num_epochs, dequantize, flip,
                     process_index, scale, shuffle, drop_remainder, start_batch)
 
 
-def _batches(src, info, n_local, batch_size, seed, num_epochs, dequantize, flip, process_index,
+def _batches(src, info, batch_size, process_count, seed, num_epochs, dequantize, flip, process_index,
              scale, shuffle, drop_remainder, start_batch):
-    # The stream is this host's slice of epoch 0's permutation, then epoch 1's, ...; batch
-    # k is stream[k B : (k + 1) B] and draws its dequantisation noise and flips from
-    # (seed, process_index, k) alone, so batch k is computed without reading batches < k.
-    n = len(src)
+    # The global stream is epoch 0's permutation, then epoch 1's, ...; global batch k is
+    # stream[k G : (k + 1) G] (G = batch_size * process_count) and this host reads its rows
+    # [p b, (p + 1) b) only. Batch k's noise and flips come from the generator of global
+    # batch k, advanced to this host's rows, so batch k is computed without reading batches
+    # < k and the union of the hosts' batches is the single-process batch bit for bit.
+    n, b, P = len(src), batch_size, process_count
+    G = b * P
 
-    def host_slice(epoch):
-        perm = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        return perm[process_index * n_local:(process_index + 1) * n_local]
+    def perm(epoch):
+        return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
     k = start_batch
-    epoch, offset = divmod(start_batch * batch_size, n_local)
+    epoch, offset = divmod(start_batch * G, n)
     buf = np.zeros((0,), np.int64)
     if num_epochs is None or epoch < num_epochs:
-        buf = host_slice(epoch)[offset:]
+        buf = perm(epoch)[offset:]
         epoch += 1
     while True:
-        while len(buf) >= batch_size:
-            idx, buf = buf[:batch_size], buf[batch_size:]
-            yield _make_batch(src, info, idx, _batch_rng(seed, process_index, k), dequantize, flip, scale)
+        while len(buf) >= G:
+            rows, buf = buf[:G], buf[G:]
+            yield _host_batch(src, info, rows, process_index * b, b, seed, k, dequantize, flip, scale)
             k += 1
         if num_epochs is not None and epoch >= num_epochs:
             break
-        buf = np.concatenate([buf, host_slice(epoch)])
+        buf = np.concatenate([buf, perm(epoch)])
         epoch += 1
-    if len(buf) and not drop_remainder:
-        yield _make_batch(src, info, buf, _batch_rng(seed, process_index, k), dequantize, flip, scale)
+    q = len(buf) // P  # the last partial global batch: P equal slices, the tail len mod P left out
+    if q and not drop_remainder:
+        yield _host_batch(src, info, buf, process_index * q, q, seed, k, dequantize, flip, scale)
+
+
+def _host_batch(src, info, global_idx, row0, rows, seed, k, dequantize, flip, scale):
+    """Rows [row0, row0 + rows) of global batch k (example indices `global_idx`), with the
+    flips and noise that the single-process batch k draws for exactly those rows.
+
+    Batch k's generator (PCG64) draws len(global_idx) uniforms for the flips (if any),
+    then one uniform per pixel in row order, one 64-bit output per float64; so skipping
+    rows is `bit_generator.advance` by the number of draws they would take.
+    """
+    rng = _batch_rng(seed, 0, k)
+    if row0 == 0 and rows == len(global_idx):
+        return _make_batch(src, info, global_idx, rng, dequantize, flip, scale)
+    window = _RowWindow(rng, row0, len(global_idx) - row0 - rows)
+    return _make_batch(src, info, global_idx[row0:row0 + rows], window, dequantize, flip, scale)
+
+
+class _RowWindow:
+    """A generator's `random(shape)` for some rows of a bigger batch: each draw of shape
+    (rows, *s) skips the draws of `before` rows, draws, then skips `after` rows'."""
+
+    def __init__(self, rng: np.random.Generator, before: int, after: int):
+        self.rng, self.before, self.after = rng, before, after
+
+    def random(self, shape):
+        per_row = int(np.prod(shape[1:]))
+        self.rng.bit_generator.advance(self.before * per_row)
+        out = self.rng.random(shape)
+        self.rng.bit_generator.advance(self.after * per_row)
+        return out
 
 
 def _batch_rng(seed, process_index, k):
-    """The generator of batch k's dequantisation noise and flips."""
+    """The generator of batch k's dequantisation noise and flips (process_index is 0: the
+    generator of a global batch, shared by all hosts since multi-host runs draw the
+    single-process stream)."""
     return np.random.default_rng([seed, process_index, 7, k])
 
 

@@ -6,6 +6,17 @@ renamed to `<step>` only when complete (`AtomicRenameTemporaryPath`, the default
 local file systems), so a run killed mid-save leaves no directory that looks finished;
 leftover tmp directories are never listed as steps and are cleaned on the next start.
 
+Several processes (jax.distributed): every process constructs the Checkpointer and
+calls `save` / `restore` with the same steps in the same order (orbax's multi-process
+protocol; a save by process 0 alone waits forever for the others, orbax #211). Process
+0 writes the files of the (host, replicated) state and finalises the step, the others
+take part in the barriers. The barriers go through the jax.distributed coordination
+service (`MultiprocessingOptions.active_processes`), not through device collectives:
+a collective barrier issued from orbax's background thread could interleave with the
+training step's collectives differently on different processes and deadlock. The
+directory must be on a file system all processes see (local disk for processes on
+one machine, a shared one across hosts).
+
 `meta` (JSON) holds what a resumed run needs besides the arrays -- the data iterator
 position and seed, the best validation value so far -- and a SHA-256 fingerprint of
 every array of the state. `restore_latest` walks the steps from newest to oldest and
@@ -49,8 +60,17 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1 (or None to keep all), got {max_to_keep}.")
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        self._multi = jax.process_count() > 1
+        if self._multi:  # barriers through the coordination service (module docstring)
+            mp = ocp.options.MultiprocessingOptions(
+                primary_host=0, active_processes=set(range(jax.process_count())),
+                barrier_sync_key_prefix="scoresde_" + hashlib.sha1(self.directory.encode()).hexdigest()[:12])
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
+                                                   enable_async_checkpointing=async_save,
+                                                   multiprocessing_options=mp)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                   enable_async_checkpointing=async_save)
         self._mgr = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
 
     def all_steps(self) -> list[int]:
@@ -109,12 +129,18 @@ class Checkpointer:
     def _quarantine(self, step: int):
         src = os.path.join(self.directory, str(step))
         dst_dir = self.directory.rstrip("/") + "_corrupted"
+        if self._multi and jax.process_index() != 0:  # process 0 moves it; all wait for that
+            _barrier(f"quarantine_{step}_{self.directory}")
+            self._mgr.reload()
+            return
         os.makedirs(dst_dir, exist_ok=True)
         if os.path.exists(src):
             dst = os.path.join(dst_dir, str(step))
             if os.path.exists(dst):
                 shutil.rmtree(dst)
             shutil.move(src, dst)
+        if self._multi:
+            _barrier(f"quarantine_{step}_{self.directory}")
         self._mgr.reload()
 
     def wait(self):
@@ -124,6 +150,12 @@ class Checkpointer:
     def close(self):
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+def _barrier(name: str):
+    from scoresde.parallel import sync
+
+    sync(name)
 
 
 def read_meta(directory: str, step: int) -> dict:

@@ -8,9 +8,14 @@ The loop is device-agnostic: `train_step` may be jitted (one device) or pmapped 
 - stops with `NonFiniteLossError` naming the first step whose loss or gradient norm is
   NaN/inf; that state is never saved, so the last good checkpoint stays the newest;
 - saves every `save_every` steps and at the end (orbax: atomic, keep last N);
-- on SIGTERM (pre-emption) finishes the current step, saves, waits for the write and
-  raises `Preempted` (the entry point exits with status 143), so a restart with the
-  same command resumes there;
+- on SIGTERM (pre-emption) or SIGINT (Ctrl-C) finishes the current step, saves, waits
+  for the write, prints one line and raises `Preempted` (the entry point exits with
+  status 128 + signal: 143 for SIGTERM, 130 for SIGINT, without a traceback), so a
+  restart with the same command resumes there. With several processes the signal may
+  reach them at different steps: `stop_agreement` (e.g. `scoresde.parallel.any_process`)
+  is called every `stop_check_every` steps on every process, and all stop together at
+  the first such step after any of them was signalled (checkpoint saves and pmapped
+  steps are collectives: a process stopping alone would leave the others waiting);
 - writes scalars to stdout and TensorBoard (tensorboardX event files) and shows a
   one-line progress bar with loss and steps/s.
 """
@@ -40,11 +45,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preempted(SystemExit):
-    """SIGTERM was received at `step` (a checkpoint was written there if the loop had a checkpointer)."""
+    """SIGTERM or SIGINT (`signum`) was received at `step` (a checkpoint was written there if
+    the loop had a checkpointer); the exit status is 128 + signum (143 for SIGTERM)."""
 
-    def __init__(self, step: int):
-        self.step = step
-        super().__init__(143)
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        self.step, self.signum = step, int(signum)
+        super().__init__(128 + int(signum))
 
 
 class MetricWriter:
@@ -116,19 +122,34 @@ class ProgressBar:
             sys.stderr.flush()
 
 
+class _StopFlag(threading.Event):
+    """Set by SIGTERM or SIGINT; `signum` is the first signal received."""
+
+    signum: int = signal.SIGTERM
+
+
 @contextlib.contextmanager
 def sigterm_flag():
-    """Yield a threading.Event set by SIGTERM while the block runs (main thread only)."""
-    event = threading.Event()
+    """Yield a threading.Event set by SIGTERM or SIGINT while the block runs (main thread only);
+    its `signum` says which signal came first."""
+    event = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+
+    def handler(signum, frame):
+        if not event.is_set():
+            event.signum = signum
+        event.set()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield event
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def _check(step: int, metrics: dict):
@@ -143,14 +164,21 @@ def train_loop(state: Any, train_step: Callable, batches: Iterable, *, start_ste
                checkpointer=None, save_every: int = 1000, meta_fn: Callable[[int], dict] = lambda s: {},
                to_host: Callable[[Any], Any] = lambda s: s, writer: MetricWriter | None = None,
                log_every: int = 100, hooks: tuple[tuple[int, Callable], ...] = (),
-               progress: bool | None = None) -> Any:
+               progress: bool | None = None, stop_agreement: Callable[[bool], bool] | None = None,
+               stop_check_every: int = 1, announce: bool = True) -> Any:
     """Run steps start_step+1 .. num_steps; return the final state (see module docstring).
 
     batches: an iterator yielding batches ready for `train_step` (positioned at
     `start_step`); meta_fn(step): JSON metadata saved with a checkpoint; hooks:
     (every, fn) pairs, fn(step, host_state) -> dict of scalars logged under "eval/"
     (e.g. validation loss and best-checkpoint selection), run before the save of that step.
+    stop_agreement(signalled) -> bool: multi-process runs pass a collective "any process
+    signalled?", called at every step divisible by stop_check_every (and nowhere else);
+    without it the loop stops at the first step after a signal. announce=False keeps
+    the one-line stop message off stdout (processes other than 0).
     """
+    if stop_check_every < 1:
+        raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}.")
     if start_step >= num_steps:
         return state
     bar = ProgressBar(num_steps, start_step, enabled=progress)
@@ -169,9 +197,13 @@ def train_loop(state: Any, train_step: Callable, batches: Iterable, *, start_ste
                 vals = _check(*pending)
                 bar.update(pending[0], vals["loss"])
             pending = (step, metrics)
+            if stop_agreement is None:
+                stop = terminated.is_set()
+            else:
+                stop = step % stop_check_every == 0 and stop_agreement(terminated.is_set())
             boundary = (step % log_every == 0 or step == num_steps
                         or (checkpointer is not None and step % save_every == 0)
-                        or any(step % every == 0 for every, _ in hooks) or terminated.is_set())
+                        or any(step % every == 0 for every, _ in hooks) or stop)
             if not boundary:
                 continue
             vals = _check(*pending)  # never save or evaluate a non-finite state
@@ -187,17 +219,22 @@ def train_loop(state: Any, train_step: Callable, batches: Iterable, *, start_ste
                     out = fn(step, to_host(state))
                     if out and writer is not None:
                         writer.scalars(step, out, prefix="eval/")
-            if checkpointer is not None and (step % save_every == 0 or step == num_steps
-                                             or terminated.is_set()):
+            if checkpointer is not None and (step % save_every == 0 or step == num_steps or stop):
                 save(step)
-            if terminated.is_set():
+            if stop:
                 bar.close()
+                signum = terminated.signum if terminated.is_set() else signal.SIGTERM
+                name = signal.Signals(signum).name
+                if not terminated.is_set():
+                    name += " (on another process)"
                 if checkpointer is not None:
                     checkpointer.wait()
-                    print(f"SIGTERM received: saved a checkpoint at step {step}; exiting.", flush=True)
+                    msg = f"{name} received: saved a checkpoint at step {step}; exiting."
                 else:
-                    print(f"SIGTERM received at step {step} (no checkpointer: nothing saved); exiting.", flush=True)
-                raise Preempted(step)
+                    msg = f"{name} received at step {step} (no checkpointer: nothing saved); exiting."
+                if announce:
+                    print(msg, flush=True)
+                raise Preempted(step, signum)
         if pending is not None:
             _check(*pending)
     bar.close()

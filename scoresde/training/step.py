@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from scoresde.losses import AbstractTimeSampler, AbstractWeighting, SimpleWeighting, UniformTime, dsm_loss
+from scoresde.parallel import ordered_pmean
 from scoresde.parameterization import AbstractParameterization, score_fn_from_network
 from scoresde.sde import AbstractSDE
 from scoresde.training.state import TrainState, ema_update
@@ -51,13 +52,17 @@ def make_train_step(model: nn.Module, sde: AbstractSDE, parameterization: Abstra
                     tx: optax.GradientTransformation, *, weighting: AbstractWeighting = SimpleWeighting(),
                     time_sampler: AbstractTimeSampler = UniformTime(), ema_decay: float = 0.999,
                     conditional: bool = False, axis_name: str | None = None,
-                    n_devices: int = 1) -> Callable:
+                    n_devices: int = 1, ordered_mean: bool = False) -> Callable:
     """Return `step(state, batch) -> (state, metrics)` (pure; jit or pmap it).
 
     batch: {"image": (b, ...) float, "label": (b,) int} -- the whole global batch on one
     device (axis_name=None), or this device's b = B / n_devices slice inside
-    `jax.pmap(step, axis_name=axis_name)`. conditional=True feeds the labels to the
-    network. metrics: loss, grad_norm (before clipping), finite (loss and gradients).
+    `jax.pmap(step, axis_name=axis_name)`, where n_devices counts the devices of ALL
+    processes and device i of the pmapped axis holds global rows [i b, (i + 1) b).
+    conditional=True feeds the labels to the network. ordered_mean=True averages the
+    gradients with `scoresde.parallel.ordered_pmean` (the same bits for every split of
+    the n_devices over processes) instead of `lax.pmean`. metrics: loss, grad_norm
+    (before clipping), finite (loss and gradients).
     """
     def per_example(params, key_noise, idx, x, t, w, y):
         k = jax.random.fold_in(key_noise, idx)
@@ -87,7 +92,7 @@ def make_train_step(model: nn.Module, sde: AbstractSDE, parameterization: Abstra
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x, y, offset, global_batch)
         if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
+            grads = ordered_pmean(grads, axis_name) if ordered_mean else jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
