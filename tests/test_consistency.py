@@ -141,8 +141,13 @@ def test_time_pairs():
     keep = np.asarray(r3) > 2 * sde.eps  # away from the clip at eps
     assert keep.sum() > 32
     np.testing.assert_allclose(np.asarray(w4)[keep], 2 * np.asarray(w3)[keep], rtol=2e-2)
+    t5, r5, w5 = ECTPairs(stage_steps=100, weight="uniform")(key, 64, sde, 300)
+    np.testing.assert_array_equal(t5, t3)
+    np.testing.assert_array_equal(w5, np.ones(64))
     with pytest.raises(ValueError, match="n_points must be an integer >= 2"):
         KarrasPairs(1)
+    with pytest.raises(ValueError, match="weight must be 'inverse_dt'"):
+        ECTPairs(weight="ect")
 
 
 class _Tiny(nn.Module):

@@ -224,7 +224,9 @@ class ECTPairs(AbstractConsistencyPairs):
 
     so sh_t - sh_r shrinks by q every `stage_steps` (dt -> 0: the diffusion model's own
     loss at a = 0 turns into the consistency condition). Started from a diffusion model it is
-    consistency tuning; from scratch, consistency training."""
+    consistency tuning; from scratch, consistency training. `weight="uniform"` sets w = 1
+    (Song et al. 2023's lambda = 1): 1 / (sh_t - sh_r) makes the high-noise pairs, where the
+    one-step map is learnt, count ~sh_max / sd times less than the low-noise ones."""
 
     stage_steps: int = eqx.field(static=True, default=25_000)
     q: float = 2.0
@@ -232,10 +234,13 @@ class ECTPairs(AbstractConsistencyPairs):
     p_std: float = 2.0
     k: float = 8.0
     b: float = 1.0
+    weight: str = eqx.field(static=True, default="inverse_dt")
 
     def __check_init__(self):
         if not isinstance(self.stage_steps, int) or self.stage_steps < 1:
             raise ValueError(f"stage_steps must be a positive integer, got {self.stage_steps!r}.")
+        if self.weight not in ("inverse_dt", "uniform"):
+            raise ValueError(f"weight must be 'inverse_dt' (ECT) or 'uniform', got {self.weight!r}.")
 
     def __call__(self, key, n, sde, step=0):
         lo, hi = _sh_range(sde)
@@ -246,7 +251,7 @@ class ECTPairs(AbstractConsistencyPairs):
         t, r = _t_of_sh(sde, sh_t), _t_of_sh(sde, sh_r)
         # weights from the times actually used (clipping may move r)
         w = 1.0 / (sigma_hat(sde, t) - sigma_hat(sde, r))
-        return t, r, w
+        return t, r, (w if self.weight == "inverse_dt" else jnp.ones_like(w))
 
 
 # --- the objective ------------------------------------------------------------------------------
