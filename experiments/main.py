@@ -81,7 +81,7 @@ def main(argv):
         print(f"SIGINT received during --mode={FLAGS.mode} outside the training steps: stopped without "
               "saving (the newest checkpoint in the workdir is intact).", file=sys.stderr, flush=True)
         sys.exit(130)
-    if FLAGS.mode == "sample" and out is not None:
+    if FLAGS.mode == "sample" and parallel.process_info()[0] == 0:
         print(out)
 
 
