@@ -4,8 +4,9 @@
 
 Cases: case B (16-D, 5 components, `experiments.benchmarks.cases.mixture_b`) and the
 32-D mixture (`mixture_32d`), VP SDE beta 0.1 -> 20, eps = 1e-3, the exact mixture
-score (`GaussianMixture.score_fn`, timed as it is: full eigenvector matrices, no
-diagonal fast path), n points x ~ p_eps, exact trace everywhere.
+score (`GaussianMixture.score_fn`, with its diagonal fast path: one score call on 1000
+points costs ~0.25 ms (B) / ~0.4 ms (32-D) on one core, the exact divergence ~13x / ~25x
+that), n points x ~ p_eps, exact trace everywhere.
 
 score_sde's path, re-implemented from its description (Song et al. 2021, likelihood.py):
 scipy `solve_ivp` RK45 with rtol = atol = 1e-5 on the host, float64 state, calling ONE
@@ -21,11 +22,19 @@ time variable t or log-SNR, fixed-step grids, the divergence in forward ("fwd") 
 reverse ("rev") mode). One solve gives both terminal densities:
 the N(0, I) prior (what users get) and the exact p_T (isolates the solver's error).
 
+Quadrature floor (`quadrature_floor_rows`): the divergence integral alone, with x taken
+from an accurate solve (Dopri8, rtol = atol = 1e-7) at the nodes of m-point
+Gauss-Legendre panels made of k consecutive accepted steps of a joint Tsit5 solve: how
+many divergence evaluations the integrand itself needs for a given error, whatever the
+x-solver does. It bounds what any placement of nodes on those steps can save.
+
 Errors are in nats per dimension against the analytic log p_eps: mean |error| ("mae")
 and max |error|. NFE = score calls per point (max over the batch); "div" = how many of
 them also took the exact divergence (D Jacobian products each; every call of score_sde's
 path does). Times: after compilation, the minimum over 3 runs of wall and of CPU
-seconds of this process.
+seconds of this process (5 runs; wall time is disturbed by other jobs on the core, CPU time
+much less). Compilation is excluded for both: score_sde's jitted function is compiled
+before its timed runs, scoresde's solve is compiled ahead of time (`.lower().compile()`).
 
 One core: XLA's CPU thread pool is limited to one thread (XLA_FLAGS
 --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1, set before jax is
@@ -55,6 +64,7 @@ from scipy import integrate  # noqa: E402
 
 from experiments.benchmarks.cases import mixture_32d, mixture_b  # noqa: E402
 from scoresde.likelihood import exact_divergence, log_likelihood_terms  # noqa: E402
+from scoresde.likelihood.ode import _max_example_rms  # noqa: E402
 from scoresde.sde import VPSDE  # noqa: E402
 
 SDE = VPSDE(beta_min=0.1, beta_max=20.0, eps=1e-3, T=1.0)
@@ -110,6 +120,9 @@ def scoresde_configs():
         ("per-example, quadrature 3, t, Tsit5 1e-5, rev", dict(quadrature=3, **rev)),
         ("joint, quadrature 3, t, Tsit5 1e-5, rev", dict(batching="joint", quadrature=3, **rev)),
         ("joint, quadrature 3, t, Tsit5 1e-4, rev", dict(batching="joint", quadrature=3, rtol=1e-4, atol=1e-4, **rev)),
+        ("joint, quadrature 3, t, Tsit5 2e-4, rev", dict(batching="joint", quadrature=3, rtol=2e-4, atol=2e-4, **rev)),
+        ("joint, quadrature 3, t, Dopri5 3e-4, rev", dict(batching="joint", quadrature=3, solver=diffrax.Dopri5(),
+                                                         rtol=3e-4, atol=3e-4, **rev)),
         ("joint, quadrature 4, t, Dopri8 1e-3, rev", dict(batching="joint", quadrature=4, solver=dopri8, rtol=1e-3,
                                                          atol=1e-3, **rev)),
         ("joint, quadrature 5, t, Dopri8 3e-3, fwd", dict(batching="joint", quadrature=5, solver=dopri8, rtol=3e-3,
@@ -123,7 +136,7 @@ def scoresde_configs():
     ]
 
 
-def timed(fn, *args, repeats=3):
+def timed(fn, *args, repeats=5):
     """(output, wall s, CPU s): the minimum of `repeats` runs of each (the least disturbed
     by other jobs on a shared machine)."""
     walls, cpus = [], []
@@ -177,6 +190,41 @@ def run_case(name, n, log):
     return rows
 
 
+def quadrature_floor_rows(name, log, specs=((1, 2), (1, 3), (2, 4), (2, 5), (3, 6))):
+    """The divergence integral alone (module docstring): x at the nodes from an accurate
+    Dopri8 solve, m-point Gauss-Legendre on panels of k accepted steps of a joint Tsit5
+    1e-4 solve; error of log p_T(x_T) + integral against the analytic log p_eps."""
+    gm = CASES[name]()
+    score, dim = gm.score_fn(SDE), gm.dim
+    x = gm.sample(jax.random.key(10), 1000, SDE.eps, SDE)
+    truth = np.asarray(gm.log_prob(x, SDE.eps, SDE), np.float64)
+    term = diffrax.ODETerm(lambda t, y, a: SDE.ode_drift(score, y, jnp.full(y.shape[:1], t, y.dtype)))
+
+    def solve(solver, tol, saveat):
+        return diffrax.diffeqsolve(term, solver, SDE.eps, SDE.T, None, x, saveat=saveat, max_steps=4096,
+                                   stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol, norm=_max_example_rms))
+
+    ts = np.asarray(solve(diffrax.Tsit5(), 1e-4, diffrax.SaveAt(steps=True)).ts)
+    steps = np.concatenate([[SDE.eps], ts[np.isfinite(ts)]])
+    xs_at = jax.jit(lambda t: solve(diffrax.Dopri8(), 1e-7, diffrax.SaveAt(ts=t)).ys)
+    div_at = jax.jit(lambda t, xs: jax.lax.map(lambda a: exact_divergence(
+        lambda z: SDE.ode_drift(score, z, jnp.full(z.shape[:1], a[0], z.dtype)), a[1], mode="reverse")[1], (t, xs)))
+    x_T = xs_at(jnp.asarray([SDE.eps, SDE.T], jnp.float32))[-1]
+    base = np.asarray(gm.log_prob(x_T, SDE.T, SDE), np.float64)
+    rows = []
+    for k, m in specs:
+        edges = steps[::k] if (len(steps) - 1) % k == 0 else np.concatenate([steps[::k], [SDE.T]])
+        a, w = np.polynomial.legendre.leggauss(m)
+        h = np.diff(edges)
+        nodes = jnp.asarray((edges[:-1, None] + 0.5 * h[:, None] * (a + 1)).ravel(), jnp.float32)
+        div = np.asarray(div_at(nodes, xs_at(nodes)), np.float64)
+        err = np.abs(base + (0.5 * h[:, None] * w).ravel() @ div - truth) / dim
+        rows.append(dict(case=name, steps=len(steps) - 1, k=k, m=m, evals=len(nodes), mae=err.mean(), max=err.max()))
+        log(f"[{name} floor] panels of {k} steps, Gauss-{m}: {len(nodes)} divergences, mae {err.mean():.2e}, "
+            f"max {err.max():.2e}")
+    return rows
+
+
 def hutchinson_rows(n, log):
     """Case B, K = 16 Rademacher probes in one joint quadrature solve; the estimates with the
     first 1, 4 and 16 probes (one trajectory, nested probe sets), and the probes' own
@@ -202,13 +250,14 @@ def hutchinson_rows(n, log):
 
 
 def table(rows, reference):
-    lines = ["| case | method | NFE | of which with div | wall s | CPU s | CPU vs score_sde | mae, exact p_T | "
-             "max, exact p_T | mae, N(0, I) prior |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | method | NFE | of which with div | wall s | CPU s | wall vs score_sde | CPU vs score_sde | "
+             "mae, exact p_T | max, exact p_T | mae, N(0, I) prior |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ratio = reference[r["case"]]["cpu"] / r["cpu"]
-        lines.append(f"| {r['case']} | {r['method']} | {r['nfe']} | {r['div']} | {r['wall']:.2f} | {r['cpu']:.2f} | "
-                     f"{ratio:.1f}x | {r['mae']:.2e} | {r['max']:.2e} | {r['mae_prior']:.2e} |")
+        ref = reference[r["case"]]
+        lines.append(f"| {r['case']} | {r['method']} | {r['nfe']} | {r['div']} | {r['wall']:.3f} | {r['cpu']:.3f} | "
+                     f"{ref['wall'] / r['wall']:.1f}x | {ref['cpu'] / r['cpu']:.1f}x | {r['mae']:.2e} | "
+                     f"{r['max']:.2e} | {r['mae_prior']:.2e} |")
     return "\n".join(lines)
 
 
@@ -220,12 +269,15 @@ def acceptance(rows, reference):
         if not ok:
             out.append(f"- {case}: no scoresde option reached score_sde's accuracy.")
             continue
-        best = min(ok, key=lambda r: r["cpu"])
-        out.append(f"- {case}: fastest scoresde option at score_sde's accuracy or better: {best['method']}, "
-                   f"mae {best['mae']:.2e} vs {ref['mae']:.2e} nats/dim (exact p_T), {best['mae_prior']:.2e} vs "
-                   f"{ref['mae_prior']:.2e} (prior); CPU {best['cpu']:.2f} s vs {ref['cpu']:.2f} s = "
-                   f"{ref['cpu'] / best['cpu']:.1f}x faster, wall {best['wall']:.2f} s vs {ref['wall']:.2f} s = "
-                   f"{ref['wall'] / best['wall']:.1f}x (acceptance: >= 5x). Accuracy = mae with the exact p_T at most score_sde's, and with the prior within 1% of it.")
+        for key, what in (("wall", "wall"), ("cpu", "CPU")):
+            best = min(ok, key=lambda r: r[key])
+            out.append(f"- {case}, fastest in {what} time at score_sde's accuracy or better: {best['method']}, "
+                       f"mae {best['mae']:.2e} vs {ref['mae']:.2e} nats/dim (exact p_T), {best['mae_prior']:.2e} vs "
+                       f"{ref['mae_prior']:.2e} (prior); wall {best['wall']:.3f} s vs {ref['wall']:.3f} s = "
+                       f"{ref['wall'] / best['wall']:.1f}x, CPU {best['cpu']:.3f} s vs {ref['cpu']:.3f} s = "
+                       f"{ref['cpu'] / best['cpu']:.1f}x (acceptance: >= 5x in wall time).")
+    out.append("\nAccuracy = mae with the exact p_T at most score_sde's (the `rev` row), and with the prior within "
+               "1% of it.")
     return "\n".join(out)
 
 
@@ -241,11 +293,14 @@ def main(argv=None):
     n = 64 if a.quick else a.n
     log = lambda s: print(s, flush=True)  # noqa: E731
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     rows = []
     for name in CASES:
         rows += run_case(name, n, log)
+    floor = [] if a.quick else [r for name in CASES for r in quadrature_floor_rows(name, log)]
     hut = hutchinson_rows(min(n, 256), log)
     total = time.perf_counter() - t_start
+    load_end = os.getloadavg()
     reference = {r["case"]: r for r in rows if r["reference"]}
     hut_table = "\n".join(["| K probes | bias (nats/dim) +- SE | RMSE (nats/dim) | probe SE from the per-probe spread |",
                            "|---:|---:|---:|---:|"] +
@@ -253,13 +308,22 @@ def main(argv=None):
                            f"{r['probe_se']:.2e} |" for r in hut])
     md = "\n\n".join([
         f"# Likelihood benchmark (python -m experiments.benchmarks.likelihood{' --quick' if a.quick else ''})",
-        f"{n} points x ~ p_eps per case, exact mixture score (GaussianMixture as it is: full eigenvector "
-        f"matrices, no diagonal fast path), exact trace, VP SDE (0.1, 20), eps = 1e-3. One process pinned to "
-        f"core {a.core}, XLA with one CPU thread, {jax.devices()[0].platform}; total {total:.0f} s. Definitions "
+        f"{n} points x ~ p_eps per case, exact mixture score (GaussianMixture with its diagonal fast "
+        f"path), exact trace, VP SDE (0.1, 20), eps = 1e-3. One process pinned to "
+        f"core {a.core}, XLA with one CPU thread, {jax.devices()[0].platform}; total {total:.0f} s. Machine load "
+        f"(`uptime`, 1/5/15-min averages, {os.cpu_count()} cores): {' '.join(f'{v:.2f}' for v in load_start)} at "
+        f"the start, {' '.join(f'{v:.2f}' for v in load_end)} at the end (other jobs share the cores, so wall "
+        "times run above CPU times). Definitions "
         "in the script's docstring: NFE = score calls per point (max over the batch), div = calls that also "
         "took the divergence, mae/max = mean/max |log p - analytic log p_eps| / D in nats/dim.",
         table(rows, reference),
         "## Acceptance (same run, one core)\n\n" + acceptance(rows, reference),
+        "## Quadrature floor (the divergence integral alone, x exact at the nodes)\n\n"
+        "Panels of k accepted steps of a joint Tsit5 1e-4 solve, m-point Gauss-Legendre on each; x at the nodes "
+        "from a Dopri8 1e-7 solve. score_sde's mae (exact p_T) is the target.\n\n" + "\n".join(
+            ["| case | steps | k | m | divergence evaluations | mae, exact p_T | max |", "|---|---:|---:|---:|---:|---:|---:|"]
+            + [f"| {r['case']} | {r['steps']} | {r['k']} | {r['m']} | {r['evals']} | {r['mae']:.2e} | {r['max']:.2e} |"
+               for r in floor]),
         "## Hutchinson estimator (case B, joint quadrature solve, exact p_T)\n\n"
         f"{min(n, 256)} points, 16 Rademacher probes per point in one solve; the K-probe estimate uses the first K. "
         "Unbiased within its SE; RMSE ~ 1/sqrt(K); the probes' share of the error is predicted by the spread of "

@@ -44,7 +44,11 @@ How the integral is computed (`quadrature`):
   every point of the tests and benchmarks stayed within 1e-3 nats/dim; looser
   tolerances are accurate on large joint batches (whose shared steps are finer than one
   example needs) but not on small ones (1e-4 gave 10x the error on batches of 8 as on
-  batches of 1000).
+  batches of 1000). The exact divergence costs 13x (16-D) to 25x (32-D) a score call on
+  the benchmark mixtures, so the divergence count sets the cost; the x-solver's own steps
+  are where the integrand needs its nodes: composite or global Gauss rules on grids
+  uniform in t, sqrt(t) or log-SNR, or panels spanning several steps, need as many or
+  more divergences for the same error (the benchmark's "quadrature floor").
 
 Time variable. With `time_variable="log_snr"` the ODE is solved in
 s = -lambda(t) / 2 = log(sigma_t / alpha_t) instead of t: since d lambda / dt =
