@@ -7,7 +7,10 @@ orbax checkpoints and the loop (NaN guard, SIGTERM, TensorBoard, progress bar).
     state = train_loop(state, step, batches, start_step=0, num_steps=10_000, checkpointer=Checkpointer(dir))
 
 Data parallel: `scoresde.parallel.pmap_train_step(make_train_step(..., axis_name="batch",
-n_devices=n))` on a replicated state and sharded batches gives the single-device update.
+n_devices=n))` on a replicated state and sharded batches gives the single-device update;
+with several processes n counts the devices of all of them, each process feeds its rows
+of the global batch, saves and restores go through every process (`Checkpointer`), and
+`train_loop(stop_agreement=scoresde.parallel.any_process)` stops them together on a signal.
 """
 
 from scoresde.training.checkpoint import Checkpointer, fingerprint, read_meta
