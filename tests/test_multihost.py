@@ -235,3 +235,41 @@ def test_launcher_command_lines():
         launch.launch(["--process_id=0"], 2)
     with pytest.raises(ValueError, match="num_processes"):
         launch.launch([], 0)
+
+
+def _toy_step(state, batch):
+    return state + 1, {"loss": np.float32(0.5), "grad_norm": np.float32(1.0), "finite": np.bool_(True)}
+
+
+def test_sigint_like_sigterm_and_stop_agreement(capsys):
+    """In-process: Ctrl-C (SIGINT) stops the loop like SIGTERM (status 130, one line, no
+    KeyboardInterrupt); a stop agreed on by another process (stop_agreement) is checked
+    only every stop_check_every steps and stops every process at the same step."""
+    from scoresde.training import Preempted, train_loop
+
+    def sigint_at_3(step, host_state):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+    with pytest.raises(Preempted) as e:
+        train_loop(0, _toy_step, itertools.repeat({}), start_step=0, num_steps=50, hooks=((1, sigint_at_3),),
+                   progress=False)
+    assert e.value.code == 130 and e.value.step in (3, 4)
+    assert capsys.readouterr().out.strip().endswith(
+        f"SIGINT received at step {e.value.step} (no checkpointer: nothing saved); exiting.")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+    calls = []
+
+    def agreement(signalled):  # "another process was signalled after step 12"
+        calls.append(len(calls))
+        return len(calls) * 5 > 12
+
+    with pytest.raises(Preempted) as e:
+        train_loop(0, _toy_step, itertools.repeat({}), start_step=0, num_steps=50, progress=False,
+                   stop_agreement=agreement, stop_check_every=5)
+    assert e.value.step == 15 and e.value.code == 143 and calls == [0, 1, 2]
+    assert "SIGTERM (on another process) received at step 15" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="stop_check_every"):
+        train_loop(0, _toy_step, [], start_step=0, num_steps=5, stop_check_every=0)
