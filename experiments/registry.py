@@ -29,10 +29,10 @@ SDES: dict[str, Callable[..., sde_lib.AbstractSDE]] = {
 MODELS: dict[str, Callable[..., Any]] = {"mlp": models.MLP, "unet": models.UNet, "local_resnet": models.LocalResNet}
 PARAMETERIZATIONS = {
     "eps": param.EpsPrediction, "score": param.ScorePrediction, "x0": param.X0Prediction,
-    "v": param.VPrediction, "edm": param.EDMPreconditioning,
+    "v": param.VPrediction, "edm": param.EDMPreconditioning, "velocity": param.VelocityPrediction,
 }
 WEIGHTINGS = {"simple": losses.SimpleWeighting, "likelihood": losses.LikelihoodWeighting,
-              "edm": losses.EDMWeighting}
+              "edm": losses.EDMWeighting, "flow_matching": losses.FlowMatchingWeighting}
 TIME_SAMPLERS = {
     "uniform": losses.UniformTime, "antithetic": losses.AntitheticTime, "stratified": losses.StratifiedTime,
     "likelihood_importance": losses.LikelihoodImportanceTime, "lognormal": losses.LogNormalTime,

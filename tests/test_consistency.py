@@ -119,6 +119,8 @@ def test_sampler_one_step_is_the_exact_map_and_multistep_draws_the_law():
     det = sample(ConsistencySampler(3, stochastic=False), fstar, sde, jax.random.key(6), x_T).samples
     det2 = sample(ConsistencySampler(3, stochastic=False), fstar, sde, jax.random.key(7), x_T).samples
     np.testing.assert_array_equal(det, det2)  # a deterministic map of x_T
+    with pytest.raises(ValueError, match="denoise=True needs a score function"):
+        sample(ConsistencySampler(1), fstar, sde, jax.random.key(5), x_T, denoise=True)
 
 
 def test_time_pairs():

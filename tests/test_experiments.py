@@ -54,8 +54,8 @@ def test_configs_build(module):
 @pytest.mark.parametrize("option, value, valid", [
     ("sde.name", "vpp", "subvp, ve, vp"),
     ("model.name", "transformer", "local_resnet, mlp, unet"),
-    ("model.parameterization", "noise", "edm, eps, score, v, x0"),
-    ("training.weighting", "fancy", "edm, likelihood, simple"),
+    ("model.parameterization", "noise", "edm, eps, score, v, velocity, x0"),
+    ("training.weighting", "fancy", "edm, flow_matching, likelihood, simple"),
     ("sampling.method", "magic", "ddim"),
 ])
 def test_unknown_names_fail_listing_choices(tmp_path, option, value, valid):

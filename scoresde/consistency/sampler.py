@@ -36,6 +36,7 @@ class ConsistencySampler(AbstractSampler):
     stochastic: bool = eqx.field(static=True, default=True)
     order = None
     evals_per_step = 1
+    takes_score = False  # sample(..., denoise=True) is refused
 
     def __check_init__(self):
         check_steps(self.n_steps)

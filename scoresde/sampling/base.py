@@ -65,6 +65,9 @@ class AbstractSampler(eqx.Module):
 
     order: eqx.AbstractVar[Optional[int]]
     evals_per_step: eqx.AbstractVar[Optional[int]]
+    # False for a sampler driven by another function than a score (a consistency
+    # function): `sample` then refuses the final Tweedie step, which needs a score.
+    takes_score = True
 
     @abc.abstractmethod
     def run(self, score_fn: ScoreFn, sde: AbstractSDE, keys: Array, x_T: Array, cond: PyTree,
@@ -140,6 +143,10 @@ def sample(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, x
     check_batched(x_T, "x_T")
     check_cond(cond, x_T.shape[0])
     check_score(score_fn, x_T, sde.T, cond, "x_T")
+    if denoise and not sampler.takes_score:
+        raise ValueError(f"denoise=True needs a score function, but {type(sampler).__name__} is driven by "
+                         "another function (a consistency function already returns x at t = eps); "
+                         "drop denoise.")
     keys = per_example_keys(key, x_T.shape[0])
     x, nfe, traj = sampler.run(score_fn, sde, keys, x_T, cond, bool(trajectory))
     nfe = jnp.asarray(nfe, jnp.int32)
