@@ -57,6 +57,19 @@ def check_float_data(x, name: str = "x"):
         )
 
 
+def data_batch(x, name: str = "x"):
+    """x as a floating-point, batch-first array; a clear error otherwise."""
+    x = jnp.asarray(x) if not hasattr(x, "dtype") else x
+    check_float_data(x, name)
+    check_batched(x, name)
+    return x
+
+
+def check_choice(value, name: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be " + " or ".join(repr(c) for c in choices) + f", got {value!r}.")
+
+
 def check_batched(x, name: str = "x"):
     if x.ndim < 2:
         raise ValueError(f"{name} must be batch-first with at least 2 dimensions (batch, ...), "

@@ -38,7 +38,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._checks import check_batched, check_float_data, check_same_shape, check_time
+from scoresde._checks import check_choice, check_same_shape, check_time, data_batch
 from scoresde._types import Array
 from scoresde._util import bcast, call_score
 from scoresde.sde import AbstractSDE
@@ -240,13 +240,9 @@ def dsm_loss(score_fn, sde: AbstractSDE, key, x0, *, weighting: AbstractWeightin
 
     Returns (loss, per_example_losses).
     """
-    x0 = jnp.asarray(x0) if not hasattr(x0, "dtype") else x0
-    check_float_data(x0, "x0")
-    check_batched(x0, "x0")
-    if reduce_dims not in ("sum", "mean"):
-        raise ValueError(f"reduce_dims must be 'sum' or 'mean', got {reduce_dims!r}.")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}.")
+    x0 = data_batch(x0, "x0")
+    check_choice(reduce_dims, "reduce_dims", ("sum", "mean"))
+    check_choice(reduction, "reduction", ("sum", "mean"))
     n = x0.shape[0]
     kt, kz = jax.random.split(key)
     if t is None:

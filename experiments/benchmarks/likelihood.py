@@ -64,7 +64,7 @@ from scipy import integrate  # noqa: E402
 
 from experiments.benchmarks.cases import mixture_32d, mixture_b  # noqa: E402
 from scoresde.likelihood import exact_divergence, log_likelihood_terms  # noqa: E402
-from scoresde.likelihood.ode import _max_example_rms  # noqa: E402
+from scoresde.likelihood import max_example_rms  # noqa: E402
 from scoresde.sde import VPSDE  # noqa: E402
 
 SDE = VPSDE(beta_min=0.1, beta_max=20.0, eps=1e-3, T=1.0)
@@ -202,7 +202,7 @@ def quadrature_floor_rows(name, log, specs=((1, 2), (1, 3), (2, 4), (2, 5), (3, 
 
     def solve(solver, tol, saveat):
         return diffrax.diffeqsolve(term, solver, SDE.eps, SDE.T, None, x, saveat=saveat, max_steps=4096,
-                                   stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol, norm=_max_example_rms))
+                                   stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol, norm=max_example_rms))
 
     ts = np.asarray(solve(diffrax.Tsit5(), 1e-4, diffrax.SaveAt(steps=True)).ts)
     steps = np.concatenate([[SDE.eps], ts[np.isfinite(ts)]])

@@ -36,7 +36,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde._checks import check_batched, check_float_data, check_same_shape
+from scoresde._checks import check_choice, check_same_shape, data_batch
 from scoresde._types import Array
 from scoresde._util import batch_time, bcast, call_score
 from scoresde.consistency.function import sigma_hat
@@ -269,11 +269,8 @@ def consistency_loss(consistency_fn: Callable, target_fn: Callable, sde: Abstrac
 
     Returns (loss, per_example_losses).
     """
-    x0 = jnp.asarray(x0) if not hasattr(x0, "dtype") else x0
-    check_float_data(x0, "x0")
-    check_batched(x0, "x0")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}.")
+    x0 = data_batch(x0, "x0")
+    check_choice(reduction, "reduction", ("sum", "mean"))
     n = x0.shape[0]
     kt, kz = jax.random.split(key)
     t, r, w = pairs(kt, n, sde, step)

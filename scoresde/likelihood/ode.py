@@ -172,7 +172,7 @@ def hutchinson_divergence(fn: Callable, x: Array, probes: Array, cond: PyTree = 
     return v, jnp.sum((jv * probes).reshape(k, b, -1), axis=-1).T
 
 
-def _max_example_rms(scaled_error) -> Array:
+def max_example_rms(scaled_error) -> Array:
     """The largest per-example RMS of a scaled error whose leaves are batch-first: in a
     joint solve the shared step then meets every example's tolerance (diffrax's default
     rms_norm over the whole batch would let one example's error hide among the others).
@@ -247,7 +247,7 @@ def _quadrature_adaptive(field, solver, x, probes, cond, m, rtol, atol, max_step
     per-example RMS norm), Gauss-Legendre quadrature of the divergence on every accepted
     step. Returns (x_T, integrals (B, K), score calls without divergence, divergence evals)."""
     term = diffrax.ODETerm(lambda s, y, c: field.velocity(s, y, c))
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_example_rms)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=max_example_rms)
     s0, s1 = field.span()
     s0, s1 = jnp.asarray(s0, x.dtype), jnp.asarray(s1, x.dtype)
     error_order = solver.error_order(term)
@@ -352,7 +352,7 @@ def _solve(score_fn, sde, keys, x, cond, trace, n_probes, probe, rtol, atol, sol
         return xb, jnp.zeros((xb.shape[0], k), xb.dtype)
 
     if batching == "joint":
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_example_rms)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=max_example_rms)
         sol = diffrax.diffeqsolve(term, solver, s0, s1, None, init(x), args=(batch_probes, cond),
                                   stepsize_controller=controller, max_steps=max_steps,
                                   saveat=diffrax.SaveAt(t1=True))
@@ -535,4 +535,4 @@ def log_likelihood_terms(score_fn: Callable, sde: AbstractSDE, key: Array, x: Ar
     return _terms(score_fn, sde, key, x, **{**_OPTIONS, **options})
 
 
-__all__ = ["log_likelihood", "log_likelihood_terms", "LikelihoodTerms", "exact_divergence", "hutchinson_divergence"]
+__all__ = ["max_example_rms", "log_likelihood", "log_likelihood_terms", "LikelihoodTerms", "exact_divergence", "hutchinson_divergence"]
