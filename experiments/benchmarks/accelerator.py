@@ -62,6 +62,11 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
+def _note(row: dict, what: str):
+    """One line per finished measurement, so that a run stopped part-way leaves its numbers."""
+    print(f"  {row['config']}: " + what, flush=True)
+
+
 def _peak_memory() -> str:
     stats = [d.memory_stats() or {} for d in jax.local_devices()]
     peaks = [s.get("peak_bytes_in_use") for s in stats if s.get("peak_bytes_in_use") is not None]
@@ -110,6 +115,8 @@ def bench_config(name: str, *, per_device_batch: int, sample_batch: int, nll_bat
     row["train_compile_s"] = first
     row["train_steps_per_s"] = train_repeats / sec
     row["train_images_per_s"] = train_repeats * per_device_batch * n / sec
+    _note(row, f"train {row['train_steps_per_s']:.3g} steps/s, {row['train_images_per_s']:.3g} images/s "
+               f"(compile {first:.0f} s)")
     params = parallel.unreplicate(box["state"]).ema_params
 
     # sampling: DPM-Solver++ 20 steps and Euler-Maruyama 200 steps, batch over devices
@@ -123,6 +130,7 @@ def bench_config(name: str, *, per_device_batch: int, sample_batch: int, nll_bat
         first, sec = _timed(lambda: f(params, jax.random.PRNGKey(2), x_T), repeats)
         row[f"{label}_compile_s"] = first
         row[f"{label}_images_per_s"] = sample_batch * n / sec
+        _note(row, f"{label} {row[f'{label}_images_per_s']:.3g} images/s (compile {first:.0f} s)")
 
     # likelihood: bits/dim by the probability-flow ODE, batch over devices
     levels = rng.integers(0, exp.info.num_levels, (nll_batch * n,) + exp.input_shape).astype(np.int32)
@@ -142,6 +150,8 @@ def bench_config(name: str, *, per_device_batch: int, sample_batch: int, nll_bat
     row["nll_compile_s"] = first
     row["nll_points_per_s"] = nll_batch * n / sec
     row["nll_nfe_mean"] = float(np.mean(np.asarray(out["v"][1])))
+    _note(row, f"likelihood {row['nll_points_per_s']:.3g} points/s, mean NFE {row['nll_nfe_mean']:.0f} "
+               f"(compile {first:.0f} s)")
     row["memory"] = _peak_memory()
     return row
 
