@@ -110,21 +110,21 @@ def runs(tmp_path_factory):
 
     # 1. Ctrl-C (SIGINT to the launcher, which passes it on) once a checkpoint exists.
     p = part(0)
-    _wait_for(lambda: _steps(mh_dir), p, 240, "the first checkpoint")
+    _wait_for(lambda: _steps(mh_dir), p, 600, "the first checkpoint")
     p.send_signal(signal.SIGINT)
     codes = [p.wait(120)]
     stopped_at = _steps(mh_dir)[-1]
     # 2. Restart; kill -9 process 1 once a newer checkpoint exists.
     p = part(1)
-    _wait_for(lambda: _steps(mh_dir)[-1] > stopped_at and os.path.exists(mh_dir + ".pids"), p, 240,
+    _wait_for(lambda: _steps(mh_dir)[-1] > stopped_at and os.path.exists(mh_dir + ".pids"), p, 600,
               "a checkpoint after the restart")
     pids = dict(line.split() for line in open(mh_dir + ".pids"))
     killed_after = _steps(mh_dir)[-1]
     os.kill(int(pids["1"]), signal.SIGKILL)
     codes.append(p.wait(120))
     # 3. Restart to the end (+ test NLL and samples over both processes).
-    codes.append(part(2).wait(400))
-    codes.append(ref.wait(400))
+    codes.append(part(2).wait(900))
+    codes.append(ref.wait(900))
     out = {}
     for name, f in [("ref", ref_log)] + [(f"mh{i}", f) for i, f in enumerate(logs)]:
         f.seek(0)
