@@ -18,11 +18,10 @@ import json
 import os
 import time
 
-import equinox as eqx
 import jax
 import numpy as np
 
-from experiments import train
+from experiments.benchmarks.samplers_digits import load_for_sampling
 from experiments.configs import digits_flow_matching
 from scoresde import metrics
 from scoresde import sampling as S
@@ -44,12 +43,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     cfg = digits_flow_matching.get_config()
-    exp = train.build(cfg)
-    params, step, which = train.load_for_eval(cfg, a.workdir, exp)
-    score = exp.score_fn(params)
-    clf = metrics.load_digit_classifier()
-    x_T = exp.sde.prior_sample(jax.random.key(0), (a.n,) + exp.input_shape)
-    run = eqx.filter_jit(lambda smp, k, x: S.sample(smp, score, exp.sde, k, x))
+    exp, step, which, clf, x_T, run = load_for_sampling(cfg, a.workdir, a.n)
     mpath = os.path.join(a.workdir, "metrics.json")
     job = json.load(open(mpath)) if os.path.exists(mpath) else {}
     rows = []
@@ -57,7 +51,7 @@ def main(argv=None):
     for nfe in (10, 20):
         for name, make in SOLVERS.items():
             t0 = time.perf_counter()
-            res = run(make(nfe), jax.random.key(1), x_T)
+            res = run(make(nfe), jax.random.key(1), x_T, False)
             q = metrics.digits_sample_quality(metrics.levels_to_input(exp.levels(np.asarray(res.samples))), clf=clf)
             real = q["reference"]
             rows.append((name, int(res.nfe), q["samples"], time.perf_counter() - t0))

@@ -44,6 +44,19 @@ SOLVERS = {
 }
 
 
+def load_for_sampling(cfg, workdir: str, n: int):
+    """What a digits sampler comparison needs: the built experiment, its evaluation
+    checkpoint (params, step, which), the digit classifier, n prior draws (key 0) and a
+    jitted run(sampler, key, x_T, denoise) of `sample` with the checkpoint's score."""
+    exp = train.build(cfg)
+    params, step, which = train.load_for_eval(cfg, workdir, exp)
+    score = exp.score_fn(params)
+    clf = metrics.load_digit_classifier()
+    x_T = exp.sde.prior_sample(jax.random.key(0), (n,) + exp.input_shape)
+    run = eqx.filter_jit(lambda smp, k, x, denoise: S.sample(smp, score, exp.sde, k, x, denoise=denoise))
+    return exp, step, which, clf, x_T, run
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="workdir/digits", help="the main job's workdir (checkpoints)")
@@ -53,12 +66,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     cfg = digits_unet.get_config()
-    exp = train.build(cfg)
-    params, step, which = train.load_for_eval(cfg, a.workdir, exp)
-    score = exp.score_fn(params)
-    clf = metrics.load_digit_classifier()
-    x_T = exp.sde.prior_sample(jax.random.key(0), (a.n,) + exp.input_shape)
-    run = eqx.filter_jit(lambda smp, k, x, denoise: S.sample(smp, score, exp.sde, k, x, denoise=denoise))
+    exp, step, which, clf, x_T, run = load_for_sampling(cfg, a.workdir, a.n)
 
     def quality(x):
         q = metrics.digits_sample_quality(metrics.levels_to_input(exp.levels(np.asarray(x))), clf=clf)
