@@ -57,8 +57,19 @@ def shard(tree: Any, n_devices: int | None = None) -> Any:
 
 
 def unshard(tree: Any) -> Any:
-    """Inverse of `shard`: (n_devices, b, ...) -> (n_devices * b, ...)."""
-    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+    """Inverse of `shard`: (n_devices, b, ...) -> (n_devices * b, ...).
+
+    An array spread over several devices is copied to the host first (numpy): reshaping
+    it on the devices would compile an XLA program with collectives between them, and
+    in a multi-process run (gloo CPU collectives) two processes setting those up at once
+    can deadlock. Host arrays and single-device arrays are reshaped where they are.
+    """
+    def one(x):
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            x = np.asarray(x)
+        return x.reshape((-1,) + x.shape[2:])
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def replicate(tree: Any, n_devices: int | None = None) -> Any:
@@ -74,13 +85,15 @@ def replicate(tree: Any, n_devices: int | None = None) -> Any:
 def unreplicate(tree: Any) -> Any:
     """Take the copy on the first local device.
 
-    A pmapped output of a multi-process run spans devices of other processes too;
-    indexing it (`x[0]`) would be a computation over all processes, so the copy is read
-    from this process's first addressable shard instead (no communication).
+    The copy is read from this process's first addressable shard, with no computation
+    across devices: `x[0]` on an array spread over devices compiles an all-reduce over
+    them, which in a multi-process run (gloo CPU collectives) deadlocked a checkpoint
+    save (both processes setting up their local collective at once).
     """
     def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return x.addressable_data(0)[0] if x.addressable_data(0).ndim == x.ndim else x.addressable_data(0)
+        if isinstance(x, jax.Array):
+            local = x.addressable_data(0)
+            return local[0] if local.ndim == x.ndim else local
         return x[0]
 
     return jax.tree_util.tree_map(one, tree)

@@ -108,23 +108,41 @@ def runs(tmp_path_factory):
         logs.append(f)
         return _launch(tmp, mh_dir, 2, 2, f, extra=() if i == 2 else ("--config.training.eval_at_end=False",))
 
-    # 1. Ctrl-C (SIGINT to the launcher, which passes it on) once a checkpoint exists.
-    p = part(0)
-    _wait_for(lambda: _steps(mh_dir), p, 600, "the first checkpoint")
-    p.send_signal(signal.SIGINT)
-    codes = [p.wait(120)]
-    stopped_at = _steps(mh_dir)[-1]
-    # 2. Restart; kill -9 process 1 once a newer checkpoint exists.
-    p = part(1)
-    _wait_for(lambda: _steps(mh_dir)[-1] > stopped_at and os.path.exists(mh_dir + ".pids"), p, 600,
-              "a checkpoint after the restart")
-    pids = dict(line.split() for line in open(mh_dir + ".pids"))
-    killed_after = _steps(mh_dir)[-1]
-    os.kill(int(pids["1"]), signal.SIGKILL)
-    codes.append(p.wait(120))
-    # 3. Restart to the end (+ test NLL and samples over both processes).
-    codes.append(part(2).wait(900))
-    codes.append(ref.wait(900))
+    p = None
+    try:
+        # 1. Ctrl-C (SIGINT to the launcher, which passes it on) once a checkpoint exists.
+        p = part(0)
+        _wait_for(lambda: _steps(mh_dir), p, 600, "the first checkpoint")
+        p.send_signal(signal.SIGINT)
+        codes = [p.wait(120)]
+        stopped_at = _steps(mh_dir)[-1]
+        # 2. Restart; kill -9 process 1 once a newer checkpoint exists.
+        p = part(1)
+        _wait_for(lambda: _steps(mh_dir)[-1] > stopped_at and os.path.exists(mh_dir + ".pids"), p, 600,
+                  "a checkpoint after the restart")
+        pids = dict(line.split() for line in open(mh_dir + ".pids"))
+        killed_after = _steps(mh_dir)[-1]
+        os.kill(int(pids["1"]), signal.SIGKILL)
+        codes.append(p.wait(120))
+        # 3. Restart to the end (+ test NLL and samples over both processes).
+        codes.append(part(2).wait(900))
+        codes.append(ref.wait(900))
+    except BaseException as e:  # a stuck or failed phase: show what every process printed
+        tails = []
+        for name, f in [("ref", ref_log)] + [(f"mh{i}", f) for i, f in enumerate(logs)]:
+            f.flush()
+            f.seek(0)
+            tails.append(f"--- {name} ---\n" + f.read()[-3000:])
+        for proc, d in ((p, mh_dir), (ref, ref_dir)):  # leave nothing running
+            if proc is not None and proc.poll() is None:
+                if os.path.exists(d + ".pids"):
+                    for line in open(d + ".pids"):
+                        try:
+                            os.kill(int(line.split()[1]), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                proc.kill()
+        raise AssertionError(f"{type(e).__name__}: {e}\n" + "\n".join(tails)) from e
     out = {}
     for name, f in [("ref", ref_log)] + [(f"mh{i}", f) for i, f in enumerate(logs)]:
         f.seek(0)
