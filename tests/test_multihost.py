@@ -86,10 +86,14 @@ def _steps(workdir):
     return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def _fingerprint(workdir, step):
+def _meta(workdir, step):
     from scoresde.training import read_meta
 
-    return read_meta(os.path.join(workdir, "checkpoints"), step)["fingerprint"]
+    return read_meta(os.path.join(workdir, "checkpoints"), step)
+
+
+def _fingerprint(workdir, step):
+    return _meta(workdir, step)["fingerprint"]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +177,9 @@ def test_two_processes_interrupted_equal_one_process(runs):
     assert _fingerprint(runs["mh"], 200) == _fingerprint(runs["ref"], 200)
     for s in set(_steps(runs["mh"])) & set(_steps(runs["ref"])):
         assert _fingerprint(runs["mh"], s) == _fingerprint(runs["ref"], s), s
+    # Every process took part in every save (each checked its replica's fingerprint).
+    assert all(_meta(runs["mh"], s)["processes"] == 2 for s in _steps(runs["mh"]))
+    assert all("processes" not in _meta(runs["ref"], s) for s in _steps(runs["ref"]))
     # Test NLL (per-batch adaptive ODE solves split over processes) and samples: equal.
     m_ref = json.load(open(os.path.join(runs["ref"], "metrics.json")))
     m_mh = json.load(open(os.path.join(runs["mh"], "metrics.json")))

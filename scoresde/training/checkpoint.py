@@ -8,9 +8,11 @@ leftover tmp directories are never listed as steps and are cleaned on the next s
 
 Several processes (jax.distributed): every process constructs the Checkpointer and
 calls `save` / `restore` with the same steps in the same order (orbax's multi-process
-protocol; a save by process 0 alone waits forever for the others, orbax #211). Process
-0 writes the files of the (host, replicated) state and finalises the step, the others
-take part in the barriers. The barriers go through the jax.distributed coordination
+protocol; a save by process 0 alone waits forever for the others, orbax #211). Each
+process first checks that its copy of the state has process 0's fingerprint (one
+collective; `meta["processes"]` records how many took part), then process 0 writes the
+files of the (host, replicated) state and finalises the step, the others take part in
+the barriers. The barriers go through the jax.distributed coordination
 service (`MultiprocessingOptions.active_processes`), not through device collectives:
 a collective barrier issued from orbax's background thread could interleave with the
 training step's collectives differently on different processes and deadlock. The
@@ -86,8 +88,25 @@ class Checkpointer:
         meta = dict(meta or {})
         meta["fingerprint"] = fingerprint(state)
         meta["step"] = int(step)
+        if self._multi:
+            meta["processes"] = self._agree(step, meta["fingerprint"])
         return self._mgr.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def _agree(self, step: int, fp: str) -> int:
+        """Every process's fingerprint of the state it saves (one collective, on the main
+        thread at the same step everywhere): the saved copy is every replica's, not just
+        process 0's. Returns the number of processes that took part; raises if a
+        replica differs (the processes diverged: nondeterministic input or a bug)."""
+        from jax.experimental import multihost_utils
+
+        mine = np.frombuffer(bytes.fromhex(fp), np.uint8)
+        every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, mine.size)
+        differ = [p for p in range(len(every)) if not np.array_equal(every[p], every[0])]
+        if differ:
+            raise RuntimeError(f"checkpoint {step} in {self.directory}: the state of process(es) {differ} "
+                               "differs from process 0's (the replicas diverged); not saving.")
+        return int(len(every))
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
         """Restore step `step` into the structure of `target`; raise if it does not verify."""
