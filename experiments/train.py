@@ -5,6 +5,17 @@
     evaluate(config, workdir)             # --mode=eval: workdir/metrics.json
     sample(config, workdir)               # --mode=sample: workdir/samples.png
 
+A config with a `consistency` section trains a consistency model with the same machinery
+(`build`, `train_loop`, `Checkpointer`, `MetricWriter`, `evaluate`, `sample`): the network,
+SDE and parameterisation of the config are those of a diffusion model, used as a
+consistency function through `scoresde.consistency.consistency_fn_from_score`; the
+student starts from the diffusion checkpoint in consistency.init_from (distillation from
+it as teacher, or consistency tuning from data with ECT's schedule; empty init_from:
+consistency training from scratch), the step is `make_consistency_train_step`, and
+`evaluate` draws samples at each of consistency.eval_steps (1, 2, 4 network calls) through
+`scoresde.sample` with a `ConsistencySampler` (no likelihood: a consistency model has
+none). experiments/configs/digits_consistency.py is the example.
+
 `build` is the only place that reads names out of a config (through `registry`); what
 it returns, an `Experiment`, is a record of library objects. Everything else is a plain
 function of it: the data (`train_batches`, `eval_arrays`), the likelihood
@@ -50,7 +61,12 @@ from experiments import plots, registry
 from scoresde import data as data_lib
 from scoresde import metrics, parallel
 from scoresde.likelihood import data_bits_per_dim, log_likelihood
+from scoresde.consistency import (
+    ConsistencyParameterization, ConsistencySampler, ECTPairs, PseudoHuber, SquaredL2, make_consistency_train_step,
+    network_consistency_fn,
+)
 from scoresde.models import count_params
+from scoresde.sampling import FittedGrid, LogSNRGrid
 from scoresde.sampling import sample as run_sampler
 from scoresde.training import (
     Checkpointer, MetricWriter, TrainState, create_train_state, make_eval_loss, make_train_step,
@@ -80,6 +96,7 @@ class Experiment:
     n_devices: int  # local devices of this process
     host_batch: int  # examples per host and step (data.batch_size is the global batch)
     global_devices: int = 1  # devices of all processes: the pmapped axis of the train step
+    consistency: Any = None  # a ConsistencySetup for consistency-model configs, else None
 
     @property
     def is_first(self) -> bool:
@@ -93,6 +110,14 @@ class Experiment:
     def score_fn(self, params) -> Callable:
         """score(x, t[, labels]) of the network with these parameters (evaluation mode)."""
         return network_score_fn(self.model, params, self.sde, self.parameterization)
+
+    def sample_fn(self, params) -> Callable:
+        """What `sample` gets with self.sampler: the score function, or for a consistency
+        model the consistency function f(x, t[, labels])."""
+        if self.consistency is None:
+            return self.score_fn(params)
+        return network_consistency_fn(self.model, params, self.sde, self.parameterization,
+                                      self.consistency.parameterization)
 
     def levels(self, x) -> np.ndarray:
         """Model-scale images (N, ...) -> integer levels (N, *info.shape) of the dataset."""
@@ -117,7 +142,8 @@ def build(config) -> Experiment:
     parameterization = registry.build_parameterization(config)
     weighting = registry.build_weighting(config)
     time_sampler = registry.build_time_sampler(config)
-    sampler = registry.build_sampler(config)
+    consistency = build_consistency(config) if "consistency" in config else None
+    sampler = registry.build_sampler(config) if consistency is None else consistency.sampler(config.sampling.n_steps)
     input_shape = registry.model_input_shape(config, info.shape)
     if conditional and info.num_classes is None:
         raise ValueError(f"config option training.conditional=True needs labels, but "
@@ -130,10 +156,114 @@ def build(config) -> Experiment:
                       tx=registry.build_optimizer(config), input_shape=tuple(input_shape),
                       conditional=conditional, process_index=process_index, process_count=process_count,
                       n_devices=n_devices, host_batch=host_batch,
-                      global_devices=parallel.global_device_count())
+                      global_devices=parallel.global_device_count(), consistency=consistency)
 
 
 Setup = build  # the name experiments/guided.py calls
+
+
+# ---------------------------------------------------------------------------- consistency models
+CONSISTENCY_MODES = ("distillation", "tuning", "training")
+DISTANCES = {"pseudo_huber": PseudoHuber, "l2": SquaredL2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySetup:
+    """What a config's `consistency` section builds (`build_consistency`): the consistency
+    scalings, ECT's pairs of times, the distance, the teacher's ODE step and where the
+    diffusion checkpoint is. A record; `train_and_evaluate` and `evaluate` use it."""
+
+    mode: str  # one of CONSISTENCY_MODES
+    parameterization: ConsistencyParameterization
+    pairs: ECTPairs
+    distance: Any
+    solver: str
+    substeps: int
+    step_offset: int  # pairs' schedule starts at this step (stage_steps * consistency.first_stage)
+    init_from: str  # workdir of the diffusion checkpoint ('' = fresh initialisation)
+    init_checkpoint: str  # "best" or "last"
+    eval_steps: tuple
+    grid_u: float  # first interior time of the multistep grid, as a log-SNR fraction (0: uniform)
+
+    def sampler(self, n_steps: int) -> ConsistencySampler:
+        """`ConsistencySampler(n_steps)` (fresh noise between steps, Song et al. 2023 Alg. 1): the
+        first interior time at log-SNR fraction grid_u of the way from T to eps, the rest evenly
+        spaced after it in log-SNR (grid_u = 0: evenly spaced from the start)."""
+        if n_steps < 2 or not self.grid_u:
+            return ConsistencySampler(n_steps, grid=LogSNRGrid())
+        u = self.grid_u
+        inner = [u + (1 - u) * k / (n_steps - 1) for k in range(n_steps - 1)]
+        return ConsistencySampler(n_steps, grid=FittedGrid(jnp.asarray([0.0, *inner, 1.0], jnp.float32)))
+
+
+def build_consistency(config) -> ConsistencySetup:
+    """config.consistency -> ConsistencySetup, every value checked (option path, what to use)."""
+    cc = config.consistency
+    if cc.mode not in CONSISTENCY_MODES:
+        raise ValueError(f"config option consistency.mode={cc.mode!r} is not valid; valid choices: "
+                         f"{', '.join(CONSISTENCY_MODES)}.")
+    if cc.mode in ("distillation", "tuning") and not cc.init_from:
+        raise ValueError(f"config option consistency.init_from is empty, but consistency.mode={cc.mode!r} "
+                         "starts from a diffusion checkpoint; set it to the diffusion run's workdir (or use "
+                         "consistency.mode='training' to train from scratch).")
+    if cc.init_checkpoint not in ("best", "last"):
+        raise ValueError(f"config option consistency.init_checkpoint={cc.init_checkpoint!r} is not valid; "
+                         "valid choices: best, last.")
+    if config.sampling.denoise:
+        raise ValueError("config option sampling.denoise=True: a consistency model already returns x_eps "
+                         "(no final Tweedie step); set sampling.denoise=False.")
+    if config.training.eval_every:
+        raise ValueError(f"config option training.eval_every={config.training.eval_every}: consistency runs "
+                         "have no validation metric for checkpoint selection; set training.eval_every=0 "
+                         "(evaluation uses the newest checkpoint).")
+    steps = tuple(int(n) for n in cc.eval_steps)
+    if not steps or min(steps) < 1:
+        raise ValueError(f"config option consistency.eval_steps={tuple(cc.eval_steps)} must list step counts "
+                         ">= 1, e.g. (1, 2, 4).")
+    if not 0.0 <= float(cc.grid_u) < 1.0:
+        raise ValueError(f"config option consistency.grid_u={cc.grid_u} must be in [0, 1) (a log-SNR "
+                         "fraction; 0: evenly spaced).")
+    pc = cc.pairs
+    pairs = ECTPairs(stage_steps=int(pc.stage_steps), q=float(pc.q), p_mean=float(pc.p_mean), p_std=float(pc.p_std),
+                     k=float(pc.k), b=float(pc.b), weight=pc.weight)
+    first_stage = int(cc.get("first_stage", 0))
+    if first_stage < 0:
+        raise ValueError(f"config option consistency.first_stage={first_stage} must be >= 0.")
+    dist = registry._pick(DISTANCES, cc.distance, "consistency.distance")()
+    return ConsistencySetup(mode=cc.mode, parameterization=ConsistencyParameterization(float(cc.sigma_data)),
+                            pairs=pairs, distance=dist, solver=cc.solver, substeps=int(cc.substeps),
+                            step_offset=first_stage * int(pc.stage_steps), init_from=cc.init_from,
+                            init_checkpoint=cc.init_checkpoint, eval_steps=steps, grid_u=float(cc.grid_u))
+
+
+def load_diffusion_params(exp: Experiment, workdir: str, which: str = "best"):
+    """(EMA params, step, "best" | "last") of the diffusion checkpoint in `workdir` that a
+    consistency run starts from (and distils). Read only: unlike `Checkpointer.restore_latest`
+    nothing is moved aside if the checkpoint does not fit this config's network."""
+    target = init_state(exp)
+    subdirs = (("best", "best"), ("checkpoints", "last")) if which == "best" else (("checkpoints", "last"),)
+    for sub, name in subdirs:
+        d = os.path.join(workdir, sub)
+        if not os.path.isdir(d):
+            continue
+        ck = Checkpointer(d, max_to_keep=None, async_save=False)
+        try:
+            step = ck.latest_step()
+            if step is None:
+                continue
+            try:
+                state, _ = ck.restore(step, target)
+            except Exception as e:  # noqa: BLE001 - re-raised with what to do
+                msg = str(e).splitlines()[0][:300] if str(e) else ""
+                raise ValueError(f"config option consistency.init_from={workdir!r}: checkpoint {d}/{step} does not "
+                                 f"restore into this config's network and optimiser ({type(e).__name__}: {msg}); "
+                                 "model.* and the optimiser's structure (optim.weight_decay > 0 or not, "
+                                 "optim.warmup > 0 or not) must be those of the run that wrote it.") from e
+        finally:
+            ck.close()
+        return state.ema_params, step, name
+    raise FileNotFoundError(f"config option consistency.init_from={workdir!r}: no checkpoint in {workdir}/best or "
+                            f"{workdir}/checkpoints; train the diffusion model there first.")
 
 
 def host_batch_size(batch_size: int, process_count: int, n_devices: int) -> int:
@@ -237,23 +367,26 @@ def nll(fn: Callable, params, key, data, batch: int) -> tuple[np.ndarray, np.nda
     return parallel.allgather_rows((vals, nfes))
 
 
-def make_sample_fn(exp: Experiment) -> Callable:
-    """jit(params, key, n) -> n samples of the config's sampler from x_T ~ prior."""
+def make_sample_fn(exp: Experiment, sampler=None) -> Callable:
+    """jit(params, key, n) -> n samples of the config's sampler (or `sampler`) from x_T ~ prior."""
+    sampler = exp.sampler if sampler is None else sampler
+
     def f(params, key, n):
         kx, ks = jax.random.split(key)
         x_T = exp.sde.prior_sample(kx, (n,) + exp.input_shape)
-        return run_sampler(exp.sampler, exp.score_fn(params), exp.sde, ks, x_T,
+        return run_sampler(sampler, exp.sample_fn(params), exp.sde, ks, x_T,
                            denoise=exp.config.sampling.denoise).samples
     return jax.jit(f, static_argnums=2)
 
 
-def draw_samples(exp: Experiment, params, n: int, key) -> np.ndarray:
-    """n samples in batches of sampling.batch (batch starting at i uses fold_in(key, i)).
+def draw_samples(exp: Experiment, params, n: int, key, sampler=None) -> np.ndarray:
+    """n samples in batches of sampling.batch (batch starting at i uses fold_in(key, i)),
+    with the config's sampler or `sampler` (the prior noise depends on key only).
 
     With several processes each draws a contiguous block of the batches and the blocks
     are gathered once (as in `nll`): every process returns the single-process samples.
     """
-    fn = make_sample_fn(exp)
+    fn = make_sample_fn(exp, sampler)
     out, bs = [], exp.config.sampling.batch
     starts = list(range(0, n, bs))
     for j in parallel.process_slice(len(starts)):
@@ -321,6 +454,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = init_state(exp)
     restored = ckpt.restore_latest(state)
     start = 0
+    cs, diffusion = exp.consistency, None
+    if cs is not None and cs.init_from and (restored is None or cs.mode == "distillation"):
+        diffusion = load_diffusion_params(exp, cs.init_from, cs.init_checkpoint)
+        if restored is None:  # the student starts as the diffusion model (fresh optimiser and EMA)
+            p0 = diffusion[0]
+            state = state.replace(params=p0, ema_params=jax.tree_util.tree_map(jnp.copy, p0), opt_state=exp.tx.init(p0))
+            if first:
+                print(f"Consistency {cs.mode}: initialised from {cs.init_from} ({diffusion[2]} checkpoint, "
+                      f"step {diffusion[1]}).", flush=True)
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
@@ -336,10 +478,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"{exp.n_devices} local device(s), {exp.process_count} process(es).", flush=True)
 
     n, n_all = exp.n_devices, exp.global_devices
-    step_fn = make_train_step(exp.model, exp.sde, exp.parameterization, exp.tx, weighting=exp.weighting,
-                              time_sampler=exp.time_sampler, ema_decay=tc.ema_decay,
-                              conditional=exp.conditional, axis_name="batch" if n_all > 1 else None,
-                              n_devices=n_all, ordered_mean=bool(tc.get("ordered_mean", False)))
+    if cs is None:
+        step_fn = make_train_step(exp.model, exp.sde, exp.parameterization, exp.tx, weighting=exp.weighting,
+                                  time_sampler=exp.time_sampler, ema_decay=tc.ema_decay,
+                                  conditional=exp.conditional, axis_name="batch" if n_all > 1 else None,
+                                  n_devices=n_all, ordered_mean=bool(tc.get("ordered_mean", False)))
+    else:  # the teacher's parameters (distillation) are constants of the compiled step
+        step_fn = make_consistency_train_step(
+            exp.model, exp.sde, exp.parameterization, exp.tx, consistency=cs.parameterization, pairs=cs.pairs,
+            distance=cs.distance, teacher_params=diffusion[0] if cs.mode == "distillation" else None,
+            solver=cs.solver, substeps=cs.substeps, step_offset=cs.step_offset, ema_decay=tc.ema_decay,
+            conditional=exp.conditional, axis_name="batch" if n_all > 1 else None, n_devices=n_all,
+            ordered_mean=bool(tc.get("ordered_mean", False)))
     if n_all > 1:
         train_step = parallel.pmap_train_step(step_fn)
         state, to_host = parallel.replicate(state, n), parallel.unreplicate
@@ -416,6 +566,8 @@ def evaluate(config, workdir: str) -> dict:
     """--mode=eval: test bits/dim (ODE likelihood), sample grid, sample-quality metrics -> metrics.json."""
     exp = build(config)
     params, step, which = load_for_eval(config, workdir, exp)
+    if exp.consistency is not None:
+        return evaluate_consistency(exp, workdir, params, step, which)
     ec = config.eval
     out: dict[str, Any] = {"checkpoint": which, "checkpoint_step": step, "dataset": config.data.dataset,
                            "selection": f"{ec.val_metric} on split {config.data.val_split!r}"}
@@ -437,6 +589,36 @@ def evaluate(config, workdir: str) -> dict:
     out["samples_png"] = write_samples(exp, workdir, x)
     if exp.info.num_levels is not None and ec.get("sample_quality", True):
         out["sample_quality"] = sample_quality(exp, x)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(out, f, indent=2, default=float)
+    print(json.dumps(out, indent=2, default=float), flush=True)
+    return out
+
+
+def evaluate_consistency(exp: Experiment, workdir: str, params, step: int, which: str) -> dict:
+    """--mode=eval of a consistency model -> metrics.json: eval.n_samples samples at each of
+    consistency.eval_steps network calls, all from the same prior noise (key seed + 777, as
+    `sample`), each with its sample-quality numbers; samples.png from sampling.n_steps."""
+    config, cs = exp.config, exp.consistency
+    out: dict[str, Any] = {"checkpoint": which, "checkpoint_step": step, "dataset": config.data.dataset,
+                           "consistency": {"mode": cs.mode, "init_from": cs.init_from, "grid_u": cs.grid_u},
+                           "steps": {}}
+    key = jax.random.PRNGKey(config.seed + 777)
+    main_x = None
+    for n_steps in sorted(set(cs.eval_steps) | {int(config.sampling.n_steps)}):
+        t0 = time.perf_counter()
+        x = draw_samples(exp, params, config.eval.n_samples, key, cs.sampler(n_steps))
+        row: dict[str, Any] = {"n_samples": int(len(x)), "seconds": time.perf_counter() - t0,
+                               "finite": bool(np.all(np.isfinite(x)))}
+        if exp.is_first and exp.info.num_levels is not None and config.eval.get("sample_quality", True):
+            row["sample_quality"] = sample_quality(exp, x)
+        out["steps"][str(n_steps)] = row
+        if n_steps == int(config.sampling.n_steps):
+            main_x = x
+    out["sampling"] = {"method": "consistency", "n_steps": int(config.sampling.n_steps)}
+    if not exp.is_first:
+        return out
+    out["samples_png"] = write_samples(exp, workdir, main_x)
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2, default=float)
     print(json.dumps(out, indent=2, default=float), flush=True)

@@ -26,7 +26,8 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from scoresde._types import Array
-from scoresde._util import batch_time, bcast
+from scoresde._util import batch_time, bcast, call_score
+from scoresde.parameterization import x0_from_score
 from scoresde.sde import AbstractSDE
 
 
@@ -81,4 +82,42 @@ def consistency_fn_from_network(net: Callable, sde: AbstractSDE,
     return f
 
 
-__all__ = ["sigma_hat", "ConsistencyParameterization", "consistency_fn_from_network"]
+def consistency_fn_from_score(score_fn: Callable, sde: AbstractSDE,
+                              parameterization: ConsistencyParameterization = ConsistencyParameterization()
+                              ) -> Callable:
+    """A diffusion model (any score function, e.g. an eps-, x0- or v-network through
+    `score_fn_from_network`) used as the network of a consistency function, so a diffusion
+    checkpoint is an initial consistency model whatever its parameterisation (consistency
+    tuning, ECT, Geng et al. 2024; distillation students start from the teacher, Song et al.
+    2023, Sec. 6).
+
+    With D(x, t) = E[x_0 | x_t] from the score (Tweedie, `x0_from_score`), x_hat = x / alpha(t),
+    sh = sigma_hat(t), the network's output in EDM's form is F = (D - c_skip^EDM x_hat) /
+    c_out^EDM (c_skip^EDM = sd^2 / (sh^2 + sd^2), c_out^EDM = sd sh / sqrt(sh^2 + sd^2);
+    Karras et al. 2022, Table 1) and
+
+        f(x, t) = alpha(eps) [c_skip(sh) x_hat + c_out(sh) F],
+
+    with the consistency scalings of `ConsistencyParameterization` (module docstring). So
+    f(x, eps) = x exactly (c_out = 0 there) and f = alpha(eps) D wherever sh >> sh_min: the
+    untrained consistency model is the one-step DDIM map of the diffusion model.
+    `score_fn(x, t, *cond)`; returns f(x, t, *cond).
+    """
+    p = parameterization
+
+    def f(x, t, *cond):
+        t = batch_time(t, x)
+        c_skip, c_out, _, _ = p.coefficients(t, sde)
+        sh = sigma_hat(sde, t)
+        sd2 = p.sigma_data**2
+        d = x0_from_score(sde, x, t, call_score(score_fn, x, t, cond[0] if cond else None))
+        xh = x / bcast(sde.alpha(t), x)
+        out = (d - bcast(sd2 / (sh * sh + sd2), x) * xh) / bcast(p.sigma_data * sh / jnp.sqrt(sh * sh + sd2), x)
+        la_eps = sde.log_alpha(jnp.asarray(sde.eps, jnp.result_type(c_skip)))
+        ratio = jnp.exp(la_eps - sde.log_alpha(t))  # alpha(eps) / alpha(t), exactly 1 at t = eps
+        return bcast(c_skip * ratio, x) * x + bcast(jnp.exp(la_eps) * c_out, x) * out
+
+    return f
+
+
+__all__ = ["sigma_hat", "ConsistencyParameterization", "consistency_fn_from_network", "consistency_fn_from_score"]

@@ -1,0 +1,80 @@
+"""Consistency models from the main job's digits U-Net (digits_unet.py: VP SDE, eps-U-Net).
+
+    python -m experiments.main --config=experiments/configs/digits_consistency.py:distillation \\
+        --workdir=/tmp/digits_cd --config.consistency.init_from=/tmp/digits_ref
+    python -m experiments.main --config=experiments/configs/digits_consistency.py:tuning \\
+        --workdir=/tmp/digits_ct --config.consistency.init_from=/tmp/digits_ref
+    python -m experiments.main --config=experiments/configs/digits_consistency.py:tuning --workdir=... --mode=sample \\
+        --config.sampling.n_steps=1
+
+The network, SDE and parameterisation are the main job's; the consistency function wraps the
+diffusion network (`scoresde.consistency.consistency_fn_from_score`), so the student starts as
+the diffusion checkpoint in consistency.init_from (its best-on-validation EMA parameters):
+
+  distillation  x_r = the teacher's probability-flow ODE step from (x_t, t) to r (DPM-Solver++(2S),
+                `substeps` substeps; the teacher is that same checkpoint, frozen);
+  tuning        x_r = alpha_r x_0 + sigma_r z with the x_t's z (ECT, Geng et al. 2024: consistency
+                training started from the diffusion model);
+  training      the same from a fresh initialisation (init_from = '').
+
+Pairs: ECT's continuous schedule (`ECTPairs`: log sh_t ~ N(p_mean, p_std^2), the gap sh_t - sh_r
+halving every stage_steps); distance: pseudo-Huber (iCT). No validation selection
+(eval_every = 0): evaluation uses the newest checkpoint. --mode=eval writes metrics.json with
+sample quality at 1, 2 and 4 steps from the same prior noise. Measured numbers and timings:
+experiments/benchmarks/results/consistency_digits.md.
+"""
+
+import ml_collections
+
+from experiments.configs.digits_unet import get_config as _unet
+
+
+def get_config(mode: str = "tuning") -> ml_collections.ConfigDict:
+    c = _unet()
+    distil = mode == "distillation"
+    consistency(c, mode)
+    # sized for <= 15 min on 2 shared cores: a distillation step costs ~2x a tuning step
+    # (4 teacher evaluations per example); both runs go through 4 ECT stages
+    c.training.num_steps = 1200 if distil else 2000
+    c.training.save_every = 200
+    c.training.log_every = 50
+    c.training.ema_decay = 0.995  # a ~200-step average: the schedule moves every stage
+    c.optim.lr = 1e-4  # fine-tuning rate (ECT tunes with Adam 1e-4); warm-up kept for the checkpoint's state
+    c.optim.warmup = 100
+    c.eval.n_samples = 1000
+    c.sampling.n_steps = 2
+    cc = c.consistency
+    cc.init_from = "/tmp/digits_ref"  # the main job's workdir
+    cc.first_stage = 1 if distil else 0  # distillation skips stage 0 (r = eps: a 4-NFE teacher solve from t)
+    cc.pairs.stage_steps = 300 if distil else 400
+    return c
+
+
+def consistency(c: ml_collections.ConfigDict, mode: str, init_from: str = "") -> ml_collections.ConfigDict:
+    """Turn the diffusion config `c` (in place) into a consistency config of `mode` that starts
+    from the diffusion checkpoint in `init_from`: adds the `consistency` section and sets what a
+    consistency run needs (no validation selection, no Tweedie step, the newest checkpoint)."""
+    distil = mode == "distillation"
+    c.training.eval_every = 0
+    c.eval.checkpoint = "last"
+    c.sampling.denoise = False
+    c.consistency = cc = ml_collections.ConfigDict()
+    cc.mode = mode                  # "distillation", "tuning" or "training"
+    cc.init_from = init_from        # the diffusion run's workdir ('' = fresh initialisation)
+    cc.init_checkpoint = "best"     # "best" (on validation; the newest if none) or "last"
+    cc.sigma_data = 0.5
+    cc.solver = "dpm2"              # the teacher's ODE step (distillation): DPM-Solver++(2S)
+    cc.substeps = 2
+    cc.distance = "pseudo_huber"    # or "l2"
+    cc.first_stage = 0              # the pairs' schedule starts at this ECT stage
+    cc.eval_steps = (1, 2, 4)
+    cc.grid_u = 0.5                 # first interior time at half the log-SNR range (sh ~ 0.8; iCT: 0.82)
+    cc.pairs = p = ml_collections.ConfigDict()
+    p.stage_steps = 400
+    p.q = 2.0
+    p.p_mean = -1.1
+    p.p_std = 2.0
+    p.k = 8.0
+    p.b = 1.0
+    p.weight = "uniform" if distil else "inverse_dt"  # uniform: results/consistency.md (case A)
+    return c
