@@ -12,6 +12,16 @@ validation data; --mode=guided (class-conditional models) writes classifier-free
 sample grids for each guidance.weights, --mode=inverse inpaints and 2x super-resolves the
 test images (experiments/guided.py).
 
+Consistency models are the same modes on a config with a `consistency` section
+(experiments/configs/digits_consistency.py): --mode=train distils (or ECT-tunes) from the
+diffusion checkpoint in consistency.init_from, resumable like any run; --mode=eval writes
+sample quality at 1, 2 and 4 steps; --mode=sample draws sampling.n_steps-step samples:
+
+    python -m experiments.main --config=experiments/configs/digits_consistency.py:distillation \
+        --workdir=/tmp/digits_cd --config.consistency.init_from=/tmp/digits_ref
+    python -m experiments.main --config=experiments/configs/digits_consistency.py:tuning \
+        --workdir=/tmp/digits_ct --mode=sample --config.sampling.n_steps=1
+
 Multi-host (TPU pods, GPU clusters): every host runs this same command with
 --coordinator_address=host0:port --num_processes=N --process_id=i, or with
 --distributed alone on TPU pods and SLURM / Open MPI clusters (JAX detects the rest);
