@@ -189,7 +189,13 @@ def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
     metrics = Metrics(gm, ref, jax.random.key(7))
     log(f"[{case}] reference PF-ODE (Dopri8, rtol 1e-7, float64): NFE {ref_nfe}, {time.perf_counter() - t0:.1f} s; "
         f"H(p_eps) = {metrics.entropy:.4f} +- {metrics.entropy_se:.4f}; exact gap {metrics.exact_gap:+.4f}")
-    run = eqx.filter_jit(lambda smp, x: S.sample(smp, score, SDE, jax.random.key(0), x))
+    # Called eagerly, every multistep solver (all CONFIGS, DDIM included) runs as a Python loop
+    # over one compiled step shared by all solvers, grids and step counts of this case (the
+    # weights are inputs, formed in float64 numpy): one compilation per case instead of one per
+    # configuration and NFE, which dominated the run time on 2 cores.
+    def run(smp, x):
+        return S.sample(smp, score, SDE, jax.random.key(0), x)
+
     rows = []
 
     def evaluate(name, sampler, nfe_budget, fit_rmse=None):
