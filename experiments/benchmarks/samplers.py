@@ -63,10 +63,10 @@ REFERENCE = {
 
 LOG_SNR = S.LogSNRGrid()
 # name -> factory(NFE) -> sampler; every one spends NFE score evaluations. Grids are always
-# named explicitly (a sampler's default grid may change).
+# passed explicitly (a sampler's default grid may change: DEIS's became uniform t).
 CONFIGS = {
     "DDIM, log-SNR": lambda n: S.DDIM(n, grid=S.LogSNRGrid()),
-    "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3),
+    "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3, grid=S.LogSNRGrid()),
     "DPM-Solver++ 3M, uniform t, lower-order final": lambda n: S.DPMSolverPP(
         n, 3, grid=S.UniformTimeGrid(), lower_order_final="always"),
     "DPM-Solver++ 3M + UniC, log-SNR": lambda n: S.UniPC(n, S.DPMSolverPPUpdate(3), grid=LOG_SNR),
@@ -75,8 +75,9 @@ CONFIGS = {
     "UniPC bh2-3, log-SNR, denoise final": lambda n: S.UniPC(n, grid=LOG_SNR, final="denoise"),
     "UniPC bh2-3, EDM rho 7": lambda n: S.UniPC(n, grid=S.EDMGrid()),
     "UniPC bh2-3, uniform t": lambda n: S.UniPC(n, grid=S.UniformTimeGrid()),
-    "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3),
-    "iPNDM, EDM rho 7": lambda n: S.IPNDM(n),
+    "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3, grid=S.LogSNRGrid()),
+    "DEIS tAB-3, uniform t": lambda n: S.DEIS(n, 3, grid=S.UniformTimeGrid()),
+    "iPNDM, EDM rho 7": lambda n: S.IPNDM(n, grid=S.EDMGrid()),
     "iPNDM, log-SNR": lambda n: S.IPNDM(n, grid=S.LogSNRGrid()),
 }
 FIT_CONFIG = "UniPC bh2-3, log-SNR"  # the fit starts from this and three other grids

@@ -39,11 +39,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 SOLVERS = {
     "DDIM, log-SNR": lambda n: S.DDIM(n, grid=S.LogSNRGrid()),
-    "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3, final="denoise"),
+    "DPM-Solver++ 3M, log-SNR": lambda n: S.DPMSolverPP(n, 3, grid=S.LogSNRGrid(), final="denoise"),
     "UniPC bh2-3, log-SNR": lambda n: S.UniPC(n, grid=S.LogSNRGrid(), final="denoise"),
     "UniPC bh2-3, EDM rho 7": lambda n: S.UniPC(n, grid=S.EDMGrid(), final="denoise"),
-    "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3, final="denoise"),
-    "iPNDM, EDM rho 7": lambda n: S.IPNDM(n, final="denoise"),
+    "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3, grid=S.LogSNRGrid(), final="denoise"),
+    "iPNDM, EDM rho 7": lambda n: S.IPNDM(n, grid=S.EDMGrid(), final="denoise"),
     "fast(nfe)": lambda n: S.fast(n),
 }
 
