@@ -184,16 +184,18 @@ class ConsistencySetup:
     init_checkpoint: str  # "best" or "last"
     eval_steps: tuple
     grid_u: float  # first interior time of the multistep grid, as a log-SNR fraction (0: uniform)
+    stochastic: bool = True  # fresh noise between steps (Song et al. 2023 Alg. 1); False: the implied noise
 
     def sampler(self, n_steps: int) -> ConsistencySampler:
-        """`ConsistencySampler(n_steps)` (fresh noise between steps, Song et al. 2023 Alg. 1): the
-        first interior time at log-SNR fraction grid_u of the way from T to eps, the rest evenly
-        spaced after it in log-SNR (grid_u = 0: evenly spaced from the start)."""
+        """`ConsistencySampler(n_steps, stochastic=self.stochastic)`: the first interior time at
+        log-SNR fraction grid_u of the way from T to eps, the rest evenly spaced after it in
+        log-SNR (grid_u = 0: evenly spaced from the start)."""
         if n_steps < 2 or not self.grid_u:
-            return ConsistencySampler(n_steps, grid=LogSNRGrid())
+            return ConsistencySampler(n_steps, grid=LogSNRGrid(), stochastic=self.stochastic)
         u = self.grid_u
         inner = [u + (1 - u) * k / (n_steps - 1) for k in range(n_steps - 1)]
-        return ConsistencySampler(n_steps, grid=FittedGrid(jnp.asarray([0.0, *inner, 1.0], jnp.float32)))
+        return ConsistencySampler(n_steps, grid=FittedGrid(jnp.asarray([0.0, *inner, 1.0], jnp.float32)),
+                                  stochastic=self.stochastic)
 
 
 def build_consistency(config) -> ConsistencySetup:
@@ -233,7 +235,8 @@ def build_consistency(config) -> ConsistencySetup:
     return ConsistencySetup(mode=cc.mode, parameterization=ConsistencyParameterization(float(cc.sigma_data)),
                             pairs=pairs, distance=dist, solver=cc.solver, substeps=int(cc.substeps),
                             step_offset=first_stage * int(pc.stage_steps), init_from=cc.init_from,
-                            init_checkpoint=cc.init_checkpoint, eval_steps=steps, grid_u=float(cc.grid_u))
+                            init_checkpoint=cc.init_checkpoint, eval_steps=steps, grid_u=float(cc.grid_u),
+                            stochastic=bool(cc.get("stochastic", True)))
 
 
 def load_diffusion_params(exp: Experiment, workdir: str, which: str = "best"):
@@ -601,7 +604,8 @@ def evaluate_consistency(exp: Experiment, workdir: str, params, step: int, which
     `sample`), each with its sample-quality numbers; samples.png from sampling.n_steps."""
     config, cs = exp.config, exp.consistency
     out: dict[str, Any] = {"checkpoint": which, "checkpoint_step": step, "dataset": config.data.dataset,
-                           "consistency": {"mode": cs.mode, "init_from": cs.init_from, "grid_u": cs.grid_u},
+                           "consistency": {"mode": cs.mode, "init_from": cs.init_from, "grid_u": cs.grid_u,
+                                           "stochastic": cs.stochastic},
                            "steps": {}}
     key = jax.random.PRNGKey(config.seed + 777)
     main_x = None

@@ -71,6 +71,7 @@ def consistency(c: ml_collections.ConfigDict, mode: str, init_from: str = "") ->
     cc.first_stage = 0              # the pairs' schedule starts at this ECT stage
     cc.eval_steps = (1, 2, 4)
     cc.grid_u = 0.5                 # first interior time at half the log-SNR range (sh ~ 0.8; iCT: 0.82)
+    cc.stochastic = True            # re-noise with fresh noise (Song et al. 2023 Alg. 1); False: implied noise
     cc.pairs = p = ml_collections.ConfigDict()
     p.stage_steps = 400
     p.q = 2.0
