@@ -76,14 +76,12 @@ def main(argv=None):
     rows.append(("main job (VP U-Net): DPM-Solver++ 3M, log-SNR, + Tweedie", int(dpm.nfe), dpm_q, 0.0,
                  time.perf_counter() - t0))
     print(rows[-1][0], dpm_q["confident"] / real["confident"], dpm_q["fd"], flush=True)
-    teacher_params = None
     for label, mode, workdir in (("untrained (the diffusion checkpoint)", "tuning", None),
                                  ("distilled", "distillation", a.distilled), ("tuned (ECT)", "tuning", a.tuned)):
         cfg = digits_consistency.get_config(mode)
         cexp = train.build(cfg)
         if workdir is None:
             params, cstep = train.load_diffusion_params(cexp, a.teacher)[:2]
-            teacher_params = params
             candidates = {"EMA": params}
         else:
             params, cstep, _ = train.load_for_eval(cfg, workdir, cexp)
@@ -112,7 +110,6 @@ def main(argv=None):
                          metrics.frechet_distance_from_features(feats(res.samples), dpm_feats),
                          time.perf_counter() - t0))
             print(rows[-1][0], n, q["confident"] / real["confident"], q["fd"], flush=True)
-    del teacher_params
     lines = ["| model / sampler | NFE | confident / real | FD (test) | FD (to DPM) | wall s |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, nfe, q, fd_dpm, wall in rows:
