@@ -109,7 +109,7 @@ def summarise(name, trace, r, seconds, probes, ref=None):
              avg_se=se(single), iw=float(r.bpd.mean()), iw_se=se(r.bpd), iw_ex_se=nanmean(r.se),
              probe_se=nanmean(r.probe_se), nfe=float(r.nfe.mean()), seconds=seconds, single=single,
              iw_values=r.bpd)
-    ref_single = single if ref is None else ref["single"]
+    ref_single = single if ref is None else ref["single"][:n]
     if ref is not None:
         d = single - ref_single
         s.update(diff=float(d.mean()), diff_se=se(d))
@@ -167,6 +167,7 @@ def main(argv=None):
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--probes", type=int, default=1)
     p.add_argument("--exact_n", type=int, default=0, help="exact-trace rows on the first N test digits (0: none)")
+    p.add_argument("--exact_rows", default=None, help="rows with the exact trace (default: --rows)")
     p.add_argument("--exact_draws", type=int, default=4)
     p.add_argument("--exact_batch", type=int, default=25)
     p.add_argument("--tol", type=float, default=1e-4)
@@ -215,8 +216,11 @@ def main(argv=None):
             deqs[name] = (f"learned (DequantizerNet, {a.fit_steps} steps on train)", net.as_dequantizer(deq_params))
 
     plans = [(name, "hutchinson", test, a.draws, a.batch) for name in rows_wanted]
+    exact_rows = rows_wanted if a.exact_rows is None else [r.strip() for r in a.exact_rows.split(",") if r.strip()]
+    if sorted(set(exact_rows) - set(rows_wanted)):
+        raise ValueError(f"--exact_rows must be a subset of --rows ({a.rows!r}), got {a.exact_rows!r}.")
     if a.exact_n:
-        plans += [(name, "exact", test[:a.exact_n], a.exact_draws, a.exact_batch) for name in rows_wanted]
+        plans += [(name, "exact", test[:a.exact_n], a.exact_draws, a.exact_batch) for name in exact_rows]
     rows, refs = [], {}
 
     def write(final):
@@ -233,7 +237,10 @@ def main(argv=None):
         tag = _tag(ckpt_tag, name, a.fit_steps if name == "learned" else None, trace, a.probes, draws, a.tol, batch)
         r = evaluate(score_fn, exp, levels, deq, draws=draws, trace=trace, probes=a.probes, tol=a.tol, batch=batch,
                      key=key, cache=a.cache, tag=tag, log=log)
-        s = summarise(label, trace, r, time.perf_counter() - t0, a.probes, refs.get(trace))
+        # paired reference: the uniform row of the same trace, else (exact rows without an exact
+        # uniform row) the Hutchinson uniform row on the same digits (unbiased, same draws' keys)
+        s = summarise(label, trace, r, time.perf_counter() - t0, a.probes,
+                      refs.get(trace, refs.get("hutchinson") if name != "uniform" else None))
         refs.setdefault(trace, s)
         rows.append(s)
         log(f"  single-draw {s['avg']:.4f} +- {s['avg_se']:.4f}"
@@ -255,6 +262,7 @@ def report(a, exp, which, step, n_test, rows, load0, total, t_fit, hist, final) 
         f"{os.path.relpath(a.config)} --rows {a.rows} --draws {a.draws} --probes {a.probes} --fit_steps "
         f"{a.fit_steps} --batch {a.batch} --tol {a.tol:g}"
         + (f" --exact_n {a.exact_n} --exact_draws {a.exact_draws} --exact_batch {a.exact_batch}" if a.exact_n else "")
+        + (f" --exact_rows {a.exact_rows}" if a.exact_n and a.exact_rows else "")
         + (f" --n {a.n}" if a.n else "") + "`" + ("" if final else " (STILL RUNNING: partial table)"),
         f"Checkpoint: {a.workdir} ({which}, step {step}; {os.path.relpath(a.config)}). {n_test} test digits, D = 64, "
         f"L = {exp.info.num_levels} levels in {exp.data_range}. Solve: joint batch, quadrature 3, Tsit5 rtol = atol = "
