@@ -32,11 +32,9 @@ from scoresde.consistency.function import ConsistencyParameterization, consisten
 from scoresde.consistency.losses import (
     AbstractConsistencyPairs, AbstractDistance, ECTPairs, PseudoHuber, consistency_loss,
 )
-from scoresde.parallel import ordered_pmean
 from scoresde.parameterization import AbstractParameterization
 from scoresde.sde import AbstractSDE
-from scoresde.training import TrainState, network_score_fn
-from scoresde.training.state import ema_update
+from scoresde.training import TrainState, apply_gradients, network_score_fn
 
 
 def network_consistency_fn(model: nn.Module, params, sde: AbstractSDE, parameterization: AbstractParameterization,
@@ -95,16 +93,8 @@ def make_consistency_train_step(model: nn.Module, sde: AbstractSDE, parameteriza
         offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * x.shape[0]
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x, y, offset, state.step)
-        if axis_name is not None:
-            grads = ordered_pmean(grads, axis_name) if ordered_mean else jax.lax.pmean(grads, axis_name)
-            loss = jax.lax.pmean(loss, axis_name)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, state.step, ema_decay)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return apply_gradients(state, loss, grads, tx, ema_decay=ema_decay, axis_name=axis_name,
+                               ordered_mean=ordered_mean)
 
     return step
 

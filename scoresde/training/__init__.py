@@ -23,10 +23,10 @@ from scoresde.training.state import (
     init_params,
     make_optimizer,
 )
-from scoresde.training.step import make_eval_loss, make_train_step, network_score_fn
+from scoresde.training.step import apply_gradients, make_eval_loss, make_train_step, network_score_fn
 
 __all__ = [
-    "Checkpointer", "MetricWriter", "NonFiniteLossError", "Preempted", "ProgressBar", "TrainState",
+    "Checkpointer", "MetricWriter", "NonFiniteLossError", "Preempted", "ProgressBar", "TrainState", "apply_gradients",
     "create_train_state", "ema_decay_at", "ema_update", "fingerprint", "init_params", "make_eval_loss",
     "make_optimizer", "make_train_step", "network_score_fn", "read_meta", "train_loop",
 ]

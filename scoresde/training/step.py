@@ -91,18 +91,28 @@ def make_train_step(model: nn.Module, sde: AbstractSDE, parameterization: Abstra
             offset, global_batch = jax.lax.axis_index(axis_name) * b, b * n_devices
         key = jax.random.fold_in(state.key, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, key, x, y, offset, global_batch)
-        if axis_name is not None:
-            grads = ordered_pmean(grads, axis_name) if ordered_mean else jax.lax.pmean(grads, axis_name)
-            loss = jax.lax.pmean(loss, axis_name)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, state.step, ema_decay)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return apply_gradients(state, loss, grads, tx, ema_decay=ema_decay, axis_name=axis_name,
+                               ordered_mean=ordered_mean)
 
     return step
+
+
+def apply_gradients(state: TrainState, loss: jax.Array, grads: Any, tx: optax.GradientTransformation, *,
+                    ema_decay: float, axis_name: str | None = None,
+                    ordered_mean: bool = False) -> tuple[TrainState, dict]:
+    """The end of every train step: average `loss` and `grads` over `axis_name` (pmap;
+    `ordered_pmean` if ordered_mean), one optimiser update, the EMA, step + 1. Returns
+    (new state, {"loss", "grad_norm", "finite"})."""
+    if axis_name is not None:
+        grads = ordered_pmean(grads, axis_name) if ordered_mean else jax.lax.pmean(grads, axis_name)
+        loss = jax.lax.pmean(loss, axis_name)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, state.step, ema_decay)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
 def make_eval_loss(model: nn.Module, sde: AbstractSDE, parameterization: AbstractParameterization, *,
