@@ -44,7 +44,7 @@ def get_config(mode: str = "tuning") -> ml_collections.ConfigDict:
     c.eval.n_samples = 1000
     c.sampling.n_steps = 2
     cc = c.consistency
-    cc.init_from = "/tmp/digits_ref"  # the main job's workdir
+    cc.init_from = "workdir/digits"  # the main job's workdir (python3 dev.py run)
     cc.substeps = 4  # stage 0 of distillation: the teacher solves from t to eps in 4 DPM-Solver++(2S) steps
     cc.pairs.stage_steps = 250 if distil else 400
     # log sh_t ~ N(0.5, 2^2): more pairs at the high and middle noise levels that 1- and 2-step
