@@ -50,6 +50,13 @@ def get_config(mode: str = "tuning") -> ml_collections.ConfigDict:
     # log sh_t ~ N(0.5, 2^2): more pairs at the high and middle noise levels that 1- and 2-step
     # sampling evaluates than ECT's N(-1.1, 2^2) gives in a few thousand steps
     cc.pairs.p_mean = 0.5
+    # The 2-step sampler chosen on 500 validation draws (benchmarks/consistency_digits.py, its
+    # results file): the raw parameters (a 0.995 EMA lags the last stage), the second step at
+    # u = 0.4 of the log-SNR range; re-noising with the implied noise after tuning, with fresh
+    # noise after distillation.
+    c.eval.use_ema = False
+    cc.grid_u = 0.4
+    cc.stochastic = distil
     return c
 
 
