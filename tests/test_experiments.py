@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from experiments import registry, train
-from experiments.configs import cifar10_ddpmpp, digits_subvp, digits_ve, digits_vp, mnist, toy2d
+from experiments.configs import (cifar10_ddpmpp, digits_consistency, digits_flow_matching, digits_subvp, digits_unet,
+                                 digits_unet_cond, digits_ve, digits_vp, mnist, toy2d)
 from scoresde import data as data_lib
 from scoresde.training import Checkpointer
 
@@ -45,9 +46,14 @@ def tiny_toy():
     return c
 
 
-@pytest.mark.parametrize("module", [digits_vp, digits_subvp, digits_ve, toy2d, mnist, cifar10_ddpmpp])
-def test_configs_build(module):
-    exp = train.build(module.get_config())
+@pytest.mark.parametrize("make", [digits_vp.get_config, digits_subvp.get_config, digits_ve.get_config,
+                                  digits_unet.get_config, digits_unet_cond.get_config,
+                                  digits_flow_matching.get_config, lambda: digits_consistency.get_config("tuning"),
+                                  lambda: digits_consistency.get_config("distillation"), toy2d.get_config,
+                                  mnist.get_config, cifar10_ddpmpp.get_config])
+def test_configs_build(make):
+    """Every committed config passes build()'s validation (names, batch divisibility, data)."""
+    exp = train.build(make())
     assert exp.host_batch % jax.local_device_count() == 0
 
 
