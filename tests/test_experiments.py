@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from experiments import registry, train
-from experiments.configs import (cifar10_ddpmpp, digits_consistency, digits_flow_matching, digits_subvp, digits_unet,
-                                 digits_unet_cond, digits_ve, digits_vp, mnist, toy2d)
+from experiments.configs import (cifar10_ddpmpp, digits_consistency, digits_flow_matching, digits_likelihood,
+                                 digits_subvp, digits_unet, digits_unet_cond, digits_ve, digits_vp, mnist, toy2d)
 from scoresde import data as data_lib
 from scoresde.training import Checkpointer
 
@@ -48,7 +48,7 @@ def tiny_toy():
 
 @pytest.mark.parametrize("make", [digits_vp.get_config, digits_subvp.get_config, digits_ve.get_config,
                                   digits_unet.get_config, digits_unet_cond.get_config,
-                                  digits_flow_matching.get_config, lambda: digits_consistency.get_config("tuning"),
+                                  digits_flow_matching.get_config, digits_likelihood.get_config, lambda: digits_consistency.get_config("tuning"),
                                   lambda: digits_consistency.get_config("distillation"), toy2d.get_config,
                                   mnist.get_config, cifar10_ddpmpp.get_config])
 def test_configs_build(make):
