@@ -48,7 +48,8 @@ def tiny_toy():
 
 @pytest.mark.parametrize("make", [digits_vp.get_config, digits_subvp.get_config, digits_ve.get_config,
                                   digits_unet.get_config, digits_unet_cond.get_config,
-                                  digits_flow_matching.get_config, digits_likelihood.get_config, lambda: digits_consistency.get_config("tuning"),
+                                  digits_flow_matching.get_config, digits_likelihood.get_config,
+                                  lambda: digits_consistency.get_config("tuning"),
                                   lambda: digits_consistency.get_config("distillation"), toy2d.get_config,
                                   mnist.get_config, cifar10_ddpmpp.get_config])
 def test_configs_build(make):
