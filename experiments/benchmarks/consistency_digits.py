@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from experiments import train
-from experiments.benchmarks.samplers_digits import load_for_sampling
+from experiments.benchmarks.samplers_digits import load_for_sampling, write_markdown
 from experiments.configs import digits_consistency, digits_unet
 from scoresde import metrics
 from scoresde import sampling as S
@@ -116,15 +116,12 @@ def main(argv=None):
         lines.append(f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | "
                      f"{fd_dpm:.2f} | {wall:.1f} |")
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    md = "\n\n".join([
+    write_markdown(a.out, [
         "## Sample quality (`python -m experiments.benchmarks.consistency_digits`)",
         f"Teacher: {which} checkpoint of `{a.teacher}` (step {step}); {a.n} samples per row from the same prior "
         f"noise; real test digits: confident fraction {real['confident']:.3f}, FD to train {real['fd']:.2f}. "
         f"Benchmark wall time {(time.perf_counter() - t_start) / 60:.1f} min; `uptime` at the end: {load}.",
-        "\n".join(lines)]) + "\n"
-    print(md)
-    with open(a.out, "w") as fh:
-        fh.write(md)
+        "\n".join(lines)])
 
 
 if __name__ == "__main__":

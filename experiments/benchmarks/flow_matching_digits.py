@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.benchmarks.samplers_digits import load_for_sampling
+from experiments.benchmarks.samplers_digits import load_for_sampling, write_markdown
 from experiments.configs import digits_flow_matching
 from scoresde import metrics
 from scoresde import sampling as S
@@ -59,7 +59,7 @@ def main(argv=None):
     lines = ["| sampler | NFE | confident / real | FD (test) | wall s |", "|---|---:|---:|---:|---:|"]
     for name, nfe, q, wall in rows:
         lines.append(f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | {wall:.1f} |")
-    md = "\n\n".join([
+    write_markdown(a.out, [
         "# The digits U-Net on the flow-matching path (`python -m experiments.benchmarks.flow_matching_digits`)",
         f"Checkpoint: {which} of `{a.workdir}` (step {step}), config experiments/configs/digits_flow_matching.py "
         f"(the main job's U-Net, budget and training setup; only the SDE differs). {a.n} samples per row from the "
@@ -67,10 +67,7 @@ def main(argv=None):
         f"{(time.perf_counter() - t_start) / 60:.1f} min"
         + (f"; training run {a.train_minutes:.1f} min" if a.train_minutes else "") + ".",
         "The run's metrics.json: " + json.dumps(job, sort_keys=True, default=str)[:2000],
-        "\n".join(lines)]) + "\n"
-    print(md)
-    with open(a.out, "w") as f:
-        f.write(md)
+        "\n".join(lines)])
 
 
 if __name__ == "__main__":

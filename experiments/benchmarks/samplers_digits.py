@@ -90,6 +90,15 @@ STUDY = {
 }
 
 
+def write_markdown(path: str, sections: list[str]) -> str:
+    """Join the sections with blank lines, print the markdown and write it to `path`."""
+    md = "\n\n".join(sections) + "\n"
+    print(md)
+    with open(path, "w") as f:
+        f.write(md)
+    return md
+
+
 def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     """The NFE-10 study: every STUDY row against the main job's EM-200 samples (cached in
     --em_cache) and real test digits, with the standard error of the confident ratio."""
@@ -139,7 +148,7 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
         lines.append(f"{head} {diff} |{tail}")
     with open("/proc/loadavg") as f:
         load = " / ".join(f.read().split()[:3])
-    md = "\n\n".join([
+    write_markdown(a.study_out, [
         "# Digits at NFE 10: the probability-flow ODE's limit (`python -m experiments.benchmarks.samplers_digits "
         "--study`)",
         f"Checkpoint: {which} of `{a.workdir}` (step {step}); {n} samples per row from the same prior noise (key 0; "
@@ -147,10 +156,7 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
         f"ratio: sqrt(p (1 - p) / {n}) / real. RMS pixel diff: to the NFE-100 ODE samples from the same noise, in "
         f"the [-1, 1] scale before quantisation. Total {(time.perf_counter() - t_start) / 60:.1f} min; load average "
         f"at the end {load} (2 cores shared with other jobs).",
-        "\n".join(lines)]) + "\n"
-    print(md)
-    with open(a.study_out, "w") as f:
-        f.write(md)
+        "\n".join(lines)])
 
 
 def main(argv=None):
@@ -194,15 +200,12 @@ def main(argv=None):
     for name, nfe, q, fd_em, wall in rows:
         lines.append(f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | "
                      f"{q['fd'] / em_q['fd']:.2f} | {fd_em:.2f} | {wall:.1f} |")
-    md = "\n\n".join([
+    write_markdown(a.out, [
         "# Few-step samplers on the digits U-Net (`python -m experiments.benchmarks.samplers_digits`)",
         f"Checkpoint: {which} of `{a.workdir}` (step {step}); {a.n} samples per row from the same prior noise; "
         f"real test digits: confident fraction {real['confident']:.3f}, FD to train {real['fd']:.2f}. "
         f"Total {(time.perf_counter() - t_start) / 60:.1f} min. Columns are defined in the script's docstring.",
-        "\n".join(lines)]) + "\n"
-    print(md)
-    with open(a.out, "w") as f:
-        f.write(md)
+        "\n".join(lines)])
 
 
 if __name__ == "__main__":
