@@ -21,6 +21,7 @@ from scoresde.sampling.multistep import (
     DEIS, IPNDM, AbstractMultistepSampler, DPMSolverPP, DPMSolverPPUpdate, UniC, UniP, UniPC,
 )
 from scoresde.sampling.fast import RECOMMENDED, fast
+from scoresde.sampling.sde_multistep import SDEDPMSolverPP
 
 __all__ = [
     "AbstractSampler", "SampleResult", "sample", "tweedie_denoise",
@@ -29,5 +30,5 @@ __all__ = [
     "AbstractCorrector", "AbstractPredictor", "AncestralPredictor", "EulerMaruyamaPredictor",
     "LangevinCorrector", "NoneCorrector", "NonePredictor", "PredictorCorrector",
     "ReverseDiffusionPredictor", "DDIM", "DPMSolverPP", "EDMHeun", "AbstractMultistepSampler",
-    "DPMSolverPPUpdate", "UniP", "UniC", "UniPC", "DEIS", "IPNDM", "RECOMMENDED", "fast",
+    "DPMSolverPPUpdate", "UniP", "UniC", "UniPC", "DEIS", "IPNDM", "RECOMMENDED", "fast", "SDEDPMSolverPP",
 ]
