@@ -7,6 +7,10 @@ digits U-Net, each few-step solver at NFE 5, 10 and 20 against the main job's ow
         # the NFE-10 study (STUDY): the probability-flow ODE solved finely (its own confident
         # ratio), final-step options and grids at NFE 10, stochastic samplers at NFE 10
         # -> results/samplers_digits_nfe10.md
+    python -m experiments.benchmarks.samplers_digits --workdir=workdir/digits --study --only=SDE-DPM
+        # only the EM reference and the STUDY rows whose name contains "SDE-DPM", written as
+        # a section of results/samplers_digits_nfe10.md (the rest of the file is kept);
+        # --em_cache=FILE.npz keeps the EM-200 samples of this --n between runs
 
 For every sampler, n samples from the same prior noise (the EM reference uses its own
 per-example keys), quantised to the 17 digit levels, scored with the toolkit's digit
@@ -87,6 +91,25 @@ STUDY = {
     "PredictorCorrector() default, 4 steps (2 NFE each) + Tweedie": (S.PredictorCorrector(4), True),
     "EDM Heun, 5 steps, deterministic": (S.EDMHeun(5), False),
     "EDM Heun, 5 steps, S_churn = 2 (gamma 0.4)": (S.EDMHeun(5, s_churn=2.0), False),
+    # SDE-DPM-Solver++ (pM, noise scale eta) at NFE 10; its configuration was chosen on
+    # other draws (prior key 100, sampler key 101, 500 samples), not on these
+    "SDE-DPM-Solver++ 2M eta 1, log-SNR, denoise final": (S.SDEDPMSolverPP(10, 2, final="denoise"), False),
+    "SDE-DPM-Solver++ 2M eta 1, log-SNR, ODE final": (S.SDEDPMSolverPP(10, 2), False),
+    "SDE-DPM-Solver++ 3M eta 1, log-SNR, denoise final": (S.SDEDPMSolverPP(10, 3, final="denoise"), False),
+    "SDE-DPM-Solver++ 2M eta 1, EDM rho 7, denoise final": (
+        S.SDEDPMSolverPP(10, 2, grid=S.EDMGrid(), final="denoise"), False),
+    "SDE-DPM-Solver++ 3M eta 1, EDM rho 7, denoise final": (
+        S.SDEDPMSolverPP(10, 3, grid=S.EDMGrid(), final="denoise"), False),
+    "SDE-DPM-Solver++ 2M eta 1, uniform t, denoise final": (
+        S.SDEDPMSolverPP(10, 2, grid=S.UniformTimeGrid(), final="denoise"), False),
+    "SDE-DPM-Solver++ 2M eta 1, uniform t, ODE final": (S.SDEDPMSolverPP(10, 2, grid=S.UniformTimeGrid()), False),
+    "SDE-DPM-Solver++ 3M eta 1, uniform t, ODE final": (S.SDEDPMSolverPP(10, 3, grid=S.UniformTimeGrid()), False),
+    "SDE-DPM-Solver++ 2M eta 0.5, uniform t, ODE final": (
+        S.SDEDPMSolverPP(10, 2, eta=0.5, grid=S.UniformTimeGrid()), False),
+    "SDE-DPM-Solver++ 2M eta 0 (= DPM-Solver++ 2M), uniform t, ODE final": (
+        S.SDEDPMSolverPP(10, 2, eta=0.0, grid=S.UniformTimeGrid()), False),
+    "SDE-DPM-Solver++ 2M eta 1, uniform t, noise only on steps from t <= 0.3, ODE final": (
+        S.SDEDPMSolverPP(10, 2, grid=S.UniformTimeGrid(), t_noise=0.3), False),
 }
 
 
@@ -110,6 +133,9 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     if a.em_cache and os.path.exists(a.em_cache):
         em_x = np.load(a.em_cache)["samples"]
         em_wall = float(np.load(a.em_cache)["wall"])
+        if em_x.shape[0] != n:
+            raise ValueError(f"--em_cache {a.em_cache} holds {em_x.shape[0]} EM samples but --n is {n}; pass the "
+                             "cache made with this --n (or a new file name, which is then filled).")
     else:
         t0 = time.perf_counter()
         em_x = np.asarray(run(exp.sampler, jax.random.key(1), x_T, bool(cfg.sampling.denoise)).samples)
@@ -132,7 +158,10 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     print(lines[-1], flush=True)
     ode_ref = "ODE: UniPC bh2-3, log-SNR, denoise final, NFE 100"
     rows = []
-    for name, (smp, denoise) in STUDY.items():
+    todo = {k: v for k, v in STUDY.items() if a.only in k}
+    if not todo:
+        raise ValueError(f"--only={a.only!r} matches no STUDY row; the rows are: {list(STUDY)}.")
+    for name, (smp, denoise) in todo.items():
         t0 = time.perf_counter()
         res = run(smp, jax.random.key(1), x_T, denoise)
         x = np.asarray(res.samples)
@@ -148,15 +177,23 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
         lines.append(f"{head} {diff} |{tail}")
     with open("/proc/loadavg") as f:
         load = " / ".join(f.read().split()[:3])
-    write_markdown(a.study_out, [
-        "# Digits at NFE 10: the probability-flow ODE's limit (`python -m experiments.benchmarks.samplers_digits "
-        "--study`)",
-        f"Checkpoint: {which} of `{a.workdir}` (step {step}); {n} samples per row from the same prior noise (key 0; "
-        f"stochastic rows draw with key 1); real test digits: confident fraction {real['confident']:.3f}. SE of the "
-        f"ratio: sqrt(p (1 - p) / {n}) / real. RMS pixel diff: to the NFE-100 ODE samples from the same noise, in "
-        f"the [-1, 1] scale before quantisation. Total {(time.perf_counter() - t_start) / 60:.1f} min; load average "
-        f"at the end {load} (2 cores shared with other jobs).",
-        "\n".join(lines)])
+    header = (f"Checkpoint: {which} of `{a.workdir}` (step {step}); {n} samples per row from the same prior noise "
+              f"(key 0; stochastic rows draw with key 1); real test digits: confident fraction {real['confident']:.3f}. "
+              f"SE of the ratio: sqrt(p (1 - p) / {n}) / real. RMS pixel diff: to the NFE-100 ODE samples from the "
+              f"same noise, in the [-1, 1] scale before quantisation. Total "
+              f"{(time.perf_counter() - t_start) / 60:.1f} min; load average at the end {load} (2 cores shared with "
+              "other jobs).")
+    if not a.only:
+        return write_markdown(a.study_out, [
+            "# Digits at NFE 10: the probability-flow ODE's limit (`python -m experiments.benchmarks.samplers_digits "
+            "--study`)", header, "\n".join(lines)])
+    # --only: a section of its own, appended to (or replacing the same section of) the existing file
+    title = (f"## Rows run alone: `--study --only='{a.only}' --n {n}` (EM reference recomputed or from "
+             f"--em_cache)")
+    old = open(a.study_out).read() if os.path.exists(a.study_out) else ""
+    kept = [sec for sec in old.split("\n\n## ") if sec.strip() and not ("## " + sec).startswith(title)]
+    body = "\n\n## ".join(kept).rstrip("\n")
+    return write_markdown(a.study_out, ([body] if body else []) + [title, header, "\n".join(lines)])
 
 
 def main(argv=None):
@@ -168,6 +205,9 @@ def main(argv=None):
     p.add_argument("--study", action="store_true", help="the NFE-10 study (STUDY) instead of the solver table")
     p.add_argument("--study_out", default=os.path.join(RESULTS, "samplers_digits_nfe10.md"))
     p.add_argument("--em_cache", default="", help="an .npz to keep the EM-200 samples in between runs")
+    p.add_argument("--only", default="", help="with --study: run only the EM reference and the STUDY rows whose "
+                   "name contains this string, and write them as a section of --study_out (replacing an earlier "
+                   "section of the same --only and --n) instead of rewriting the whole table")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     cfg = digits_unet.get_config()

@@ -96,7 +96,10 @@ def _noise_scales(schedule, etas, dtype):
     xp = jnp if _traced(schedule, etas) else np
     if xp is np:
         lam, sigma = np.asarray(lam, np.float64), np.asarray(sigma, np.float64)
-    c = sigma[1:] * xp.sqrt(-xp.expm1(-2.0 * etas * (lam[1:] - lam[:-1])))
+    v = -xp.expm1(-2.0 * etas * (lam[1:] - lam[:-1]))
+    # sqrt'(0) is infinite: take the root only where there is noise (finite gradients
+    # through a traced grid with noise-free steps)
+    c = sigma[1:] * xp.where(v > 0, xp.sqrt(xp.where(v > 0, v, 1.0)), 0.0)
     return c.astype(dtype) if xp is np else jnp.asarray(c, dtype)
 
 
