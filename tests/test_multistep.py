@@ -25,7 +25,7 @@ from jax import enable_x64
 
 from helpers import fitted_order
 from scoresde import CosineVPSDE, GaussianMixture, SubVPSDE, VESDE, VPSDE
-from scoresde.sampling import EDMGrid, LogSNRGrid, UniformTimeGrid, sample, tweedie_denoise
+from scoresde.sampling import EDMGrid, LogSNRGrid, UniformTimeGrid, fast, sample, tweedie_denoise
 from scoresde.sampling.multistep import DEIS, IPNDM, DPMSolverPP, DPMSolverPPUpdate, UniC, UniP, UniPC
 
 KEY = jax.random.key(0)
@@ -136,6 +136,22 @@ def test_nfe_is_the_number_of_score_calls():
             res, calls = _run_counted(make(n), x_T)
             assert int(res.nfe) == calls == n, (name, n, int(res.nfe), calls)
 
+
+
+def test_fast_spends_nfe_and_follows_its_table():
+    """fast(nfe) spends exactly nfe counted score calls at every budget, tabulated or not,
+    and picks the entry of the largest tabulated budget not above nfe (5 below 5)."""
+    x_T = VPSDE().prior_sample(jax.random.key(4), (4, 2))
+    for nfe in (1, 5, 12, 20, 50, 100):
+        res, calls = _run_counted(fast(nfe), x_T)
+        assert int(res.nfe) == calls == nfe, (nfe, int(res.nfe), calls)
+    assert isinstance(fast(3), UniPC) and isinstance(fast(3).grid, UniformTimeGrid)
+    assert isinstance(fast(12), IPNDM) and isinstance(fast(12).grid, LogSNRGrid)
+    assert isinstance(fast(20), DEIS) and fast(20).order == 3 and isinstance(fast(49).grid, UniformTimeGrid)
+    assert isinstance(fast(200), UniPC) and fast(200).lower_order_final == "never"
+    assert fast(10, grid=EDMGrid()).grid == EDMGrid()
+    with pytest.raises(ValueError, match="nfe"):
+        fast(0)
 
 def test_one_step_is_tweedie_or_ddim():
     """One step with final="denoise" returns Tweedie's D(x_T, T) (the mixture's denoiser;
