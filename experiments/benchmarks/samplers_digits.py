@@ -158,7 +158,7 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     print(lines[-1], flush=True)
     ode_ref = "ODE: UniPC bh2-3, log-SNR, denoise final, NFE 100"
     rows = []
-    todo = {k: v for k, v in STUDY.items() if a.only in k}
+    todo = {k: v for k, v in STUDY.items() if any(part in k for part in a.only.split("|"))}
     if not todo:
         raise ValueError(f"--only={a.only!r} matches no STUDY row; the rows are: {list(STUDY)}.")
     for name, (smp, denoise) in todo.items():
@@ -206,7 +206,7 @@ def main(argv=None):
     p.add_argument("--study_out", default=os.path.join(RESULTS, "samplers_digits_nfe10.md"))
     p.add_argument("--em_cache", default="", help="an .npz to keep the EM-200 samples in between runs")
     p.add_argument("--only", default="", help="with --study: run only the EM reference and the STUDY rows whose "
-                   "name contains this string, and write them as a section of --study_out (replacing an earlier "
+                   "name contains this string (or one of several separated by |), and write them as a section of --study_out (replacing an earlier "
                    "section of the same --only and --n) instead of rewriting the whole table")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
