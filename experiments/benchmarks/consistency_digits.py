@@ -23,6 +23,9 @@ first interior time is at log-SNR fraction u of the way from T to eps
 made per model and step count (u from --grid-u) by the confident fraction on --n-val OTHER
 prior draws (key 1000; validation), as the case-A benchmark chooses its grid on other noise;
 the row is then drawn from the benchmark's noise, so its numbers are not selected on.
+Every validation candidate's confident fraction is printed. --models / --params restrict the
+rows and the candidates (e.g. `--models=tuned --steps=2 --params=raw --n-val=2000` to choose a
+tuned run's 2-step sampler on more validation draws).
 """
 
 from __future__ import annotations
@@ -55,8 +58,19 @@ def main(argv=None):
     p.add_argument("--steps", default="1,2,4")
     p.add_argument("--grid-u", default="0.2,0.3,0.4,0.5", help="candidate first interior log-SNR fractions")
     p.add_argument("--n-val", type=int, default=500, help="prior draws (key 1000) for choosing u")
+    p.add_argument("--models", default="untrained,distilled,tuned",
+                   help="which consistency models get rows (comma-separated subset of untrained,distilled,tuned)")
+    p.add_argument("--params", default="EMA,raw", help="parameter sets to choose from (trained models)")
     p.add_argument("--out", default=os.path.join(RESULTS, "consistency_digits_table.md"))
     a = p.parse_args(argv)
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    bad = sorted(set(models) - {"untrained", "distilled", "tuned"})
+    if bad or not models:
+        raise ValueError(f"--models={a.models!r}: unknown or no model names {bad}; use a comma-separated subset "
+                         "of untrained,distilled,tuned.")
+    pnames = [v.strip() for v in a.params.split(",") if v.strip()]
+    if not pnames or set(pnames) - {"EMA", "raw"}:
+        raise ValueError(f"--params={a.params!r}: use EMA, raw or EMA,raw.")
     t_start = time.perf_counter()
     exp, step, which, clf, x_T, run = load_for_sampling(digits_unet.get_config(), a.teacher, a.n)
 
@@ -76,29 +90,37 @@ def main(argv=None):
     rows.append(("main job (VP U-Net): DPM-Solver++ 3M, log-SNR, + Tweedie", int(dpm.nfe), dpm_q, 0.0,
                  time.perf_counter() - t0))
     print(rows[-1][0], dpm_q["confident"] / real["confident"], dpm_q["fd"], flush=True)
-    for label, mode, workdir in (("untrained (the diffusion checkpoint)", "tuning", None),
-                                 ("distilled", "distillation", a.distilled), ("tuned (ECT)", "tuning", a.tuned)):
+    for name, label, mode, workdir in (("untrained", "untrained (the diffusion checkpoint)", "tuning", None),
+                                       ("distilled", "distilled", "distillation", a.distilled),
+                                       ("tuned", "tuned (ECT)", "tuning", a.tuned)):
+        if name not in models:
+            continue
         cfg = digits_consistency.get_config(mode)
         cexp = train.build(cfg)
         if workdir is None:
             params, cstep = train.load_diffusion_params(cexp, a.teacher)[:2]
             candidates = {"EMA": params}
         else:
-            params, cstep, _ = train.load_for_eval(cfg, workdir, cexp)
-            cfg_raw = digits_consistency.get_config(mode)
-            cfg_raw.eval.use_ema = False
-            candidates = {"EMA": params, "raw": train.load_for_eval(cfg_raw, workdir, cexp)[0]}
+            # both parameter sets explicitly (the config's eval.use_ema picks only its default)
+            candidates = {}
+            for pname, use_ema in (("EMA", True), ("raw", False)):
+                cfg_p = digits_consistency.get_config(mode)
+                cfg_p.eval.use_ema = use_ema
+                candidates[pname], cstep, _ = train.load_for_eval(cfg_p, workdir, cexp)
+            candidates = {k: v for k, v in candidates.items() if k in pnames}
         crun = eqx.filter_jit(lambda smp, p_, k, x: S.sample(smp, cexp.sample_fn(p_), cexp.sde, k, x))
         for n in (int(v) for v in a.steps.split(",")):
             t0 = time.perf_counter()
-            best = (None, cexp.consistency.grid_u, True, "EMA")
+            best = (None, cexp.consistency.grid_u, True, next(iter(candidates)))
             for pname, pp in candidates.items():
                 for stoch in ((True, False) if n > 1 else (True,)):
                     for u in ((float(v) for v in a.grid_u.split(",")) if n > 1 else (best[1],)):
-                        if n == 1 and pname == "EMA" and len(candidates) == 1:
+                        if n == 1 and len(candidates) == 1:
                             break  # nothing to choose
                         smp = dataclasses.replace(cexp.consistency, grid_u=u, stochastic=stoch).sampler(n)
                         qv, _ = quality(crun(smp, pp, jax.random.key(1001), x_val).samples)
+                        print(f"  validation: {label} {n} steps, {pname}, u = {u}, "
+                              f"{'fresh' if stoch else 'implied'} noise: confident {qv['confident']:.4f}", flush=True)
                         if best[0] is None or qv["confident"] > best[0]:
                             best = (qv["confident"], u, stoch, pname)
             _, u, stoch, pname = best
