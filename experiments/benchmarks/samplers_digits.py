@@ -178,7 +178,8 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     with open("/proc/loadavg") as f:
         load = " / ".join(f.read().split()[:3])
     header = (f"Checkpoint: {which} of `{a.workdir}` (step {step}); {n} samples per row from the same prior noise "
-              f"(key 0; stochastic rows draw with key 1); real test digits: confident fraction {real['confident']:.3f}. "
+              f"(key 0; stochastic rows draw with key 1); real test digits: confident fraction "
+              f"{real['confident']:.3f}. "
               f"SE of the ratio: sqrt(p (1 - p) / {n}) / real. RMS pixel diff: to the NFE-100 ODE samples from the "
               f"same noise, in the [-1, 1] scale before quantisation. Total "
               f"{(time.perf_counter() - t_start) / 60:.1f} min; load average at the end {load} (2 cores shared with "
@@ -206,8 +207,9 @@ def main(argv=None):
     p.add_argument("--study_out", default=os.path.join(RESULTS, "samplers_digits_nfe10.md"))
     p.add_argument("--em_cache", default="", help="an .npz to keep the EM-200 samples in between runs")
     p.add_argument("--only", default="", help="with --study: run only the EM reference and the STUDY rows whose "
-                   "name contains this string (or one of several separated by |), and write them as a section of --study_out (replacing an earlier "
-                   "section of the same --only and --n) instead of rewriting the whole table")
+                   "name contains this string (or one of several separated by |), and write them as a section "
+                   "of --study_out (replacing an earlier section of the same --only and --n) instead of "
+                   "rewriting the whole table")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     cfg = digits_unet.get_config()
