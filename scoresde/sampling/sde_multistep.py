@@ -2,10 +2,12 @@
 
 Every linear SDE here has x_t = alpha_t x_0 + sigma_t z; with lambda = log(alpha / sigma)
 (half the log-SNR) and the data prediction D(x, t) = E[x_0 | x_t = x] (Tweedie), the
-reverse-time processes with the marginals p_t form a family indexed by a noise scale
-eta >= 0 (eta = 0: the probability-flow ODE; eta = 1: Anderson's reverse SDE
-dx = [f x - g^2 score] dt + g dw_bar). Its variation-of-constants form from s to t < s,
-h = lambda_t - lambda_s > 0, is
+reverse-time processes
+
+    dx = [f x - (1 + eta)/2 g^2 score(x, t)] dt + sqrt(eta) g dw_bar,   eta >= 0,
+
+all have the marginals p_t (eta = 0: the probability-flow ODE; eta = 1: Anderson's reverse
+SDE). Their variation-of-constants form from s to t < s, h = lambda_t - lambda_s > 0, is
 
     x_t = (sigma_t / sigma_s) e^{-eta h} x_s
           + alpha_t (1 + eta) int_{lambda_s}^{lambda_t} e^{-(1 + eta)(lambda_t - lambda)} D dlambda
@@ -146,8 +148,13 @@ class SDEDPMSolverPP(AbstractSampler):
     gives the same samples for the same keys.
 
     `order` (the declared order of convergence): eta = 0 converges as DPM-Solver++
-    (min(p, 2)); with noise the weak order is 1: the outputs m_i along a Brownian path are
-    not smooth in lambda, so the polynomial's correction helps the constant, not the rate.
+    (min(p, 2)); with noise, weak order 1. 1M is an exponential Euler-Maruyama step (weak
+    order 1); for 2M and 3M the outputs m_i along a Brownian path are not smooth in lambda,
+    and no higher weak order is claimed (none is proven for them). Measured on N(1, 0.2^2)
+    data in 1-D (10^6 samples, eta = 1, log-SNR grid), the relative error of the variance at
+    eps: 1M -0.25, -0.136, -0.072 at 32, 64, 128 steps (order 1); 2M 0.025, 0.0072, 0.0011
+    (faster on this linear-score case); the tests check the law and that the error falls,
+    not a fitted slope.
     """
 
     n_steps: int = eqx.field(static=True)
