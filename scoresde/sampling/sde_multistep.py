@@ -29,9 +29,11 @@ then x_{i+1} = x_p + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z_i, with D1_0, D1, D2 t
 differences of DPM-Solver++ in lambda (`scoresde.sampling.multistep._dpmpp_update`;
 phi_2(H) = (e^{-H} - 1)/H + 1, phi_3(H) = phi_2(H)/H - 1/2). At eta = 0 every step is the
 DPM-Solver++ (pM) step; at p = 1, eta = 1 it is the first-order SDE-DPM-Solver++, which
-on a grid is also DDPM's ancestral step written in data prediction. (k-diffusion's 3M SDE
-divides the previous step's H, not its h, by the current h in its ratios r; the r here are
-ratios of steps in lambda, which is what the Taylor expansion of D in lambda asks for.)
+on a grid is also DDPM's ancestral step written in data prediction. The p = 2 step uses the
+midpoint form 0.5 (1 - e^{-H}) D1_0 of DPM-Solver++ 2M and of k-diffusion's 2M SDE
+(solver_type "midpoint"), also as the second (warm-up) step of 3M, where k-diffusion's 3M SDE
+takes phi_2(H) D1_0 (the exact integral of the linear polynomial): so that eta = 0 is
+`DPMSolverPP` step for step. The ratios r are ratios of steps in lambda (not in H).
 """
 
 from __future__ import annotations
