@@ -182,6 +182,7 @@ def test_traced_sde_has_finite_gradients():
     x_T = SDE.prior_sample(jax.random.key(17), (8, 2))
     smp = SDEDPMSolverPP(4, 2, t_noise=0.5)
 
+    @jax.jit  # one compiled program for both central-difference points
     def total(beta_max):
         sde = VPSDE(beta_max=beta_max)
         return jnp.sum(sample(smp, GM.score_fn(sde), sde, jax.random.key(18), x_T).samples)

@@ -263,34 +263,48 @@ def _append(traj, x):
 
 
 # --- the update formulas, one step of order p, linear in (x, ms) -------------------------
-def _dpmpp_update(step: _Steps, p: int, x, ms):
+def _dpmpp_eta_update(eta):
     """DPM-Solver++ multistep (Lu et al. 2022, Alg. 2; order 3 as the reference
-    `multistep_dpm_solver_third_update`). h = lambda_{i+1} - lambda_i, r0 = h_{i-1}/h,
-    r1 = h_{i-2}/h, phi_1 = e^-h - 1, phi_2 = phi_1/h + 1, phi_3 = phi_2/h - 1/2:
+    `multistep_dpm_solver_third_update`) at eta = 0, and the deterministic part of the
+    SDE-DPM-Solver++ step of noise scale eta (a scalar or one value per step;
+    `scoresde.sampling.sde_multistep`) otherwise. h = lambda_{i+1} - lambda_i,
+    H = (1 + eta) h, r0 = h_{i-1}/h, r1 = h_{i-2}/h, phi_1 = e^-H - 1, phi_2 = phi_1/H + 1,
+    phi_3 = phi_2/H - 1/2:
 
-      x1 = (sigma_{i+1}/sigma_i) x_i - alpha_{i+1} phi_1 m_i                         (p = 1)
+      x1 = (sigma_{i+1}/sigma_i) e^{-eta h} x_i - alpha_{i+1} phi_1 m_i               (p = 1)
       x2 = x1 - alpha_{i+1} phi_1 D1_0 / 2,  D1_0 = (m_i - m_{i-1}) / r0            (p = 2)
       x3 = x1 + alpha_{i+1} (phi_2 D1 - phi_3 D2),  D1_1 = (m_{i-1} - m_{i-2}) / r1,
            D1 = D1_0 + r0 (D1_0 - D1_1) / (r0 + r1),  D2 = (D1_0 - D1_1) / (r0 + r1)  (p = 3)
+
+    At eta = 0 the factors e^{-0 h} = 1 and H = h are exact, so DPM-Solver++'s weights are
+    the same to the last bit as without them.
     """
-    lam, xp = step.lam, step.xp
-    h = lam[0] - lam[1]
-    a = step.alpha[0]
-    phi1 = xp.expm1(-h)
-    x1 = (step.sigma[0] / step.sigma[1]) * x - a * phi1 * ms[0]
-    if p == 1:
-        return x1
-    r0 = (lam[1] - lam[2]) / h
-    D1_0 = (ms[0] - ms[1]) / r0
-    if p == 2:
-        return x1 - 0.5 * a * phi1 * D1_0
-    r1 = (lam[2] - lam[3]) / h
-    D1_1 = (ms[1] - ms[2]) / r1
-    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-    D2 = (D1_0 - D1_1) / (r0 + r1)
-    phi2 = h * _g(2, -h, xp)   # = phi_1/h + 1
-    phi3 = -h * _g(3, -h, xp)  # = phi_2/h - 1/2
-    return x1 + a * phi2 * D1 - a * phi3 * D2
+
+    def update(step: _Steps, p: int, x, ms):
+        lam, xp = step.lam, step.xp
+        h = lam[0] - lam[1]
+        H = (1.0 + eta) * h
+        a = step.alpha[0]
+        phi1 = xp.expm1(-H)
+        x1 = (step.sigma[0] / step.sigma[1]) * xp.exp(-eta * h) * x - a * phi1 * ms[0]
+        if p == 1:
+            return x1
+        r0 = (lam[1] - lam[2]) / h
+        D1_0 = (ms[0] - ms[1]) / r0
+        if p == 2:
+            return x1 - 0.5 * a * phi1 * D1_0
+        r1 = (lam[2] - lam[3]) / h
+        D1_1 = (ms[1] - ms[2]) / r1
+        D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+        D2 = (D1_0 - D1_1) / (r0 + r1)
+        phi2 = H * _g(2, -H, xp)   # = phi_1/H + 1
+        phi3 = -H * _g(3, -H, xp)  # = phi_2/H - 1/2
+        return x1 + a * phi2 * D1 - a * phi3 * D2
+
+    return update
+
+
+_dpmpp_update = _dpmpp_eta_update(0.0)
 
 
 def _unipc_terms(step: _Steps, p: int, variant: str):
@@ -417,6 +431,22 @@ def _check_choice(value, name: str, valid: tuple):
         raise ValueError(f"{name} must be one of {valid}, got {value!r}.")
 
 
+def _start(smp, score_fn, sde, x_T, cond, save_trajectory):
+    """(None, the schedule of the sampler's steps on its grid, their number n_solve) with
+    n_solve = n_steps, or n_steps - 1 for final="denoise"; for n_solve = 0 (one
+    evaluation, at T) (the sampler's result with Tweedie's estimate D(x_T, T), None, 0)."""
+    n = smp.n_steps
+    n_solve = n - 1 if smp.final == "denoise" else n
+    if n_solve == 0:
+        x = tweedie_denoise(score_fn, sde, x_T, sde.T, cond)
+        return (x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)), None, 0
+    args = (smp.grid, sde, n_solve, jnp.dtype(x_T.dtype))
+    if _traced(x_T, cond):  # inside jit: concrete all the same when the SDE and grid are
+        with jax.ensure_compile_time_eval():
+            return None, _schedule(*args), n_solve
+    return None, _schedule(*args), n_solve  # compiled programs (ensure_compile_time_eval would run them op by op)
+
+
 class AbstractMultistepSampler(AbstractSampler):
     """A multistep solver of the probability-flow ODE on a fixed grid, one score evaluation
     per step (module docstring). Fields every solver has:
@@ -453,27 +483,18 @@ class AbstractMultistepSampler(AbstractSampler):
     def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys  # deterministic
         plan = self._plan()
-        n = self.n_steps
-        denoise = self.final == "denoise"
-        n_ode = n - 1 if denoise else n
-        if n_ode == 0:  # one evaluation, at T: Tweedie's estimate D(x_T, T)
-            x = tweedie_denoise(score_fn, sde, x_T, sde.T, cond)
-            return x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)
-        args = (self.grid, sde, n_ode, jnp.dtype(x_T.dtype))
-        if _traced(x_T, cond):  # inside jit: concrete all the same when the SDE and grid are
-            with jax.ensure_compile_time_eval():
-                schedule = _schedule(*args)
-        else:  # compiled programs (ensure_compile_time_eval would run them op by op)
-            schedule = _schedule(*args)
+        done, schedule, n_ode = _start(self, score_fn, sde, x_T, cond, save_trajectory)
+        if done is not None:
+            return done
         rule = plan.reference_rule if self.lower_order_final is None else self.lower_order_final
         orders = _step_orders(plan.max_order, n_ode, rule)
         ts, pred, corr = _loop_weights(plan, schedule, orders, x_T.dtype)
         x, traj = _multistep_loop(score_fn, sde, x_T, ts, cond, pred, corr, plan.data_prediction,
                                   save_trajectory)
-        if denoise:
+        if self.final == "denoise":
             x = tweedie_denoise(score_fn, sde, x, ts[-1], cond)
             traj = _append(traj, x) if save_trajectory else None
-        return x, jnp.asarray(n), traj
+        return x, jnp.asarray(self.n_steps), traj
 
 
 class DPMSolverPP(AbstractMultistepSampler):

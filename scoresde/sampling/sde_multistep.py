@@ -26,8 +26,8 @@ ODE, with the phi functions taken at H = (1 + eta) h (the kernel's rate):
     x3 = x1 + alpha_{i+1} (phi_2(H) D1 - phi_3(H) D2)                                   (p = 3)
 
 then x_{i+1} = x_p + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z_i, with D1_0, D1, D2 the divided
-differences of DPM-Solver++ in lambda (`scoresde.sampling.multistep._dpmpp_update`;
-phi_2(H) = (e^{-H} - 1)/H + 1, phi_3(H) = phi_2(H)/H - 1/2). At eta = 0 every step is the
+differences of DPM-Solver++ in lambda (`scoresde.sampling.multistep._dpmpp_eta_update`, one
+function for every eta; phi_2(H) = (e^{-H} - 1)/H + 1, phi_3(H) = phi_2(H)/H - 1/2). At eta = 0 every step is the
 DPM-Solver++ (pM) step; at p = 1, eta = 1 it is the first-order SDE-DPM-Solver++, which
 on a grid is also DDPM's ancestral step written in data prediction. The p = 2 step uses the
 midpoint form 0.5 (1 - e^{-H}) D1_0 of DPM-Solver++ 2M and of k-diffusion's 2M SDE
@@ -50,38 +50,9 @@ from scoresde.parameterization import x0_from_score
 from scoresde.sampling.base import AbstractSampler, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
 from scoresde.sampling.multistep import (
-    _MAX_HIST, FINALS, LOWER_ORDER_FINAL, _append, _check_choice, _g, _loop_weights, _Plan, _schedule,
-    _step_orders, _traced,
+    _MAX_HIST, FINALS, LOWER_ORDER_FINAL, _append, _check_choice, _dpmpp_eta_update, _loop_weights, _Plan,
+    _start, _step_orders, _traced,
 )
-
-
-def _sde_dpmpp_update(eta):
-    """The deterministic part of the SDE-DPM-Solver++ (pM) step of noise scale eta (a
-    scalar, or one value per step), linear in (x, ms) (module docstring); at eta = 0 the
-    DPM-Solver++ (pM) update."""
-
-    def update(step, p: int, x, ms):
-        lam, xp = step.lam, step.xp
-        h = lam[0] - lam[1]
-        H = (1.0 + eta) * h
-        a = step.alpha[0]
-        phi1 = xp.expm1(-H)  # -(1 - e^{-H})
-        x1 = (step.sigma[0] / step.sigma[1]) * xp.exp(-eta * h) * x - a * phi1 * ms[0]
-        if p == 1:
-            return x1
-        r0 = (lam[1] - lam[2]) / h
-        D1_0 = (ms[0] - ms[1]) / r0
-        if p == 2:
-            return x1 - 0.5 * a * phi1 * D1_0
-        r1 = (lam[2] - lam[3]) / h
-        D1_1 = (ms[1] - ms[2]) / r1
-        D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-        D2 = (D1_0 - D1_1) / (r0 + r1)
-        phi2 = H * _g(2, -H, xp)   # (e^{-H} - 1)/H + 1
-        phi3 = -H * _g(3, -H, xp)  # phi2/H - 1/2
-        return x1 + a * phi2 * D1 - a * phi3 * D2
-
-    return update
 
 
 def _step_etas(ts, eta: float, t_noise):
@@ -189,20 +160,12 @@ class SDEDPMSolverPP(AbstractSampler):
         return min(self.solver_order, 2) if self.eta == 0 else 1
 
     def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
-        n = self.n_steps
-        denoise = self.final == "denoise"
-        n_sde = n - 1 if denoise else n
-        if n_sde == 0:  # one evaluation, at T: Tweedie's estimate D(x_T, T), no step, no noise
-            x = tweedie_denoise(score_fn, sde, x_T, sde.T, cond)
-            return x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)
-        args = (self.grid, sde, n_sde, jnp.dtype(x_T.dtype))
-        if _traced(x_T, cond):  # inside jit: concrete all the same when the SDE and grid are
-            with jax.ensure_compile_time_eval():
-                schedule = _schedule(*args)
-        else:
-            schedule = _schedule(*args)
+        # one evaluation (n_sde = 0): Tweedie's estimate D(x_T, T), no step, no noise
+        done, schedule, n_sde = _start(self, score_fn, sde, x_T, cond, save_trajectory)
+        if done is not None:
+            return done
         etas = _step_etas(schedule[1], float(self.eta), self.t_noise)
-        plan = _Plan(True, _sde_dpmpp_update(etas), self.solver_order, None, "below_10",
+        plan = _Plan(True, _dpmpp_eta_update(etas), self.solver_order, None, "below_10",
                      "solver_order (SDE-DPM-Solver++)", (1, 2, 3))
         rule = "below_10" if self.lower_order_final is None else self.lower_order_final
         orders = _step_orders(self.solver_order, n_sde, rule)
@@ -211,10 +174,10 @@ class SDEDPMSolverPP(AbstractSampler):
         loop = _sde_loop if _traced(x_T, cond, ts, pred) else _compiled_sde_loop
         x, traj = loop(score_fn, sde, keys, x_T, jnp.asarray(ts), jnp.asarray(pred), jnp.asarray(noise), cond,
                        save_trajectory)
-        if denoise:
+        if self.final == "denoise":
             x = tweedie_denoise(score_fn, sde, x, ts[-1], cond)
             traj = _append(traj, x) if save_trajectory else None
-        return x, jnp.asarray(n), traj
+        return x, jnp.asarray(self.n_steps), traj
 
 
 __all__ = ["SDEDPMSolverPP"]
