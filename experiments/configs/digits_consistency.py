@@ -33,11 +33,9 @@ def get_config(mode: str = "tuning") -> ml_collections.ConfigDict:
     c = _unet()
     distil = mode == "distillation"
     consistency(c, mode)
-    # sized for <= 15 min on 2 cores (whole command: distillation 9.7 min at load ~3, tuning 13.4 min at
-    # load ~5; CPU time ~8.4 and ~12.4-14.5 min); both runs go through 4-5 ECT stages
+    # sized for <= 15 min on 2 cores (measured times: results/consistency_digits.md); both runs go
+    # through 4-5 ECT stages; tuning uses batch 256, the better 2-step sampler there (same file)
     c.training.num_steps = 1000 if distil else 2000
-    # tuning with batch 256 (the main job's 128 for distillation): at 2 steps confident ratio 0.846 and
-    # FD 9.6 on 5000 samples against 0.838 and FD 19.7 with 128 (results file); ~2x the CPU of a 128 step
     c.data.batch_size = 128 if distil else 256
     c.training.save_every = 200
     c.training.log_every = 50
