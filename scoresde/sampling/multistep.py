@@ -431,6 +431,14 @@ def _check_choice(value, name: str, valid: tuple):
         raise ValueError(f"{name} must be one of {valid}, got {value!r}.")
 
 
+def _check_steps_and_endings(smp):
+    """The checks of the fields every multistep sampler has: n_steps, lower_order_final, final."""
+    check_steps(smp.n_steps)
+    if not (smp.lower_order_final is None or isinstance(smp.lower_order_final, bool)):
+        _check_choice(smp.lower_order_final, "lower_order_final (or None, True, False)", LOWER_ORDER_FINAL)
+    _check_choice(smp.final, "final", FINALS)
+
+
 def _start(smp, score_fn, sde, x_T, cond, save_trajectory):
     """(None, the schedule of the sampler's steps on its grid, their number n_solve) with
     n_solve = n_steps, or n_steps - 1 for final="denoise"; for n_solve = 0 (one
@@ -468,10 +476,7 @@ class AbstractMultistepSampler(AbstractSampler):
     evals_per_step = 1
 
     def __check_init__(self):
-        check_steps(self.n_steps)
-        if not (self.lower_order_final is None or isinstance(self.lower_order_final, bool)):
-            _check_choice(self.lower_order_final, "lower_order_final (or None, True, False)", LOWER_ORDER_FINAL)
-        _check_choice(self.final, "final", FINALS)
+        _check_steps_and_endings(self)
         plan = self._plan()
         _check_choice(plan.max_order, plan.order_name, plan.valid_orders)
 

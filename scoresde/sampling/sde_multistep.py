@@ -45,13 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde._util import batch_time, call_score, check_steps, normal_like
+from scoresde._util import batch_time, call_score, normal_like
 from scoresde.parameterization import x0_from_score
 from scoresde.sampling.base import AbstractSampler, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
 from scoresde.sampling.multistep import (
-    _MAX_HIST, FINALS, LOWER_ORDER_FINAL, _append, _check_choice, _dpmpp_eta_update, _loop_weights, _Plan,
-    _start, _step_orders, _traced,
+    _MAX_HIST, _append, _check_choice, _check_steps_and_endings, _dpmpp_eta_update, _loop_weights, _Plan, _start,
+    _step_orders, _traced,
 )
 
 
@@ -140,7 +140,7 @@ class SDEDPMSolverPP(AbstractSampler):
     evals_per_step = 1
 
     def __check_init__(self):
-        check_steps(self.n_steps)
+        _check_steps_and_endings(self)
         _check_choice(self.solver_order, "solver_order (SDE-DPM-Solver++)", (1, 2, 3))
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not self.eta >= 0:
             raise ValueError(f"eta must be a float >= 0 (1: the reverse SDE, 0: the probability-flow "
@@ -149,9 +149,6 @@ class SDEDPMSolverPP(AbstractSampler):
                                          or not self.t_noise > 0):
             raise ValueError(f"t_noise must be None (noise on every step) or a time > 0 below which "
                              f"steps add noise, got {self.t_noise!r}.")
-        if not (self.lower_order_final is None or isinstance(self.lower_order_final, bool)):
-            _check_choice(self.lower_order_final, "lower_order_final (or None, True, False)", LOWER_ORDER_FINAL)
-        _check_choice(self.final, "final", FINALS)
 
     @property
     def order(self) -> int:
