@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from experiments import train
-from experiments.benchmarks.samplers_digits import load_for_sampling, write_markdown
+from experiments.benchmarks.samplers_digits import load_for_sampling, quality_row, write_markdown
 from experiments.configs import digits_consistency, digits_unet
 from scoresde import metrics
 from scoresde import sampling as S
@@ -135,8 +135,7 @@ def main(argv=None):
     lines = ["| model / sampler | NFE | confident / real | FD (test) | FD (to DPM) | wall s |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, nfe, q, fd_dpm, wall in rows:
-        lines.append(f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | "
-                     f"{fd_dpm:.2f} | {wall:.1f} |")
+        lines.append(quality_row(name, nfe, q, real, (fd_dpm,), wall))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     write_markdown(a.out, [
         "## Sample quality (`python -m experiments.benchmarks.consistency_digits`)",

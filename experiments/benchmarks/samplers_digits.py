@@ -116,6 +116,13 @@ STUDY = {
 }
 
 
+def quality_row(name, nfe, q: dict, real: dict, fds, wall: float) -> str:
+    """One table row: name, NFE, confident fraction over the real digits', FD to the test
+    digits, the further FD columns `fds`, wall seconds."""
+    cols = "".join(f"{v:.2f} | " for v in fds)
+    return f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | {cols}{wall:.1f} |"
+
+
 def write_markdown(path: str, sections: list[str]) -> str:
     """Join the sections with blank lines, print the markdown and write it to `path`."""
     md = "\n\n".join(sections) + "\n"
@@ -243,8 +250,7 @@ def main(argv=None):
     lines = ["| sampler | NFE | confident / real | FD (test) | FD / EM | FD (to EM) | wall s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, nfe, q, fd_em, wall in rows:
-        lines.append(f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | "
-                     f"{q['fd'] / em_q['fd']:.2f} | {fd_em:.2f} | {wall:.1f} |")
+        lines.append(quality_row(name, nfe, q, real, (q["fd"] / em_q["fd"], fd_em), wall))
     write_markdown(a.out, [
         "# Few-step samplers on the digits U-Net (`python -m experiments.benchmarks.samplers_digits`)",
         f"Checkpoint: {which} of `{a.workdir}` (step {step}); {a.n} samples per row from the same prior noise; "
