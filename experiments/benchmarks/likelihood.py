@@ -38,9 +38,21 @@ before its timed runs, scoresde's solve is compiled ahead of time (`.lower().com
 
 One core: XLA's CPU thread pool is limited to one thread (XLA_FLAGS
 --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1, set before jax is
-imported; OMP / OpenBLAS / MKL threads = 1 for scipy), and the process is pinned to
-one core with os.sched_setaffinity (`--core`), so both paths run on the same core in
-the same process. CPU time is the fairer number when other jobs share the core.
+imported; OMP / OpenBLAS / MKL threads = 1 for scipy), and every thread of the process
+is pinned to one core (`--core`, `pinning.pin_process`, as `taskset -c` would), so both
+paths run on the same core in the same process. The thread limits must be set before
+numpy is imported (this module does so at its top): a process that imports numpy first
+gets a multi-threaded OpenBLAS whose threads spin against each other on one core
+(score_sde's host path then ran 2.4x slower in a check). Wall time needs the core to
+itself.
+
+Accuracy, two readings (`acceptance`): (1) the issue's metric, the error against the
+exact log p_eps with the terminal density each path has: score_sde's likelihood has only
+the N(0, I) prior, scoresde takes the exact p_T where the data law is known (issue 15,
+item 1), so an "accuracy-targeted" scoresde solve only needs a solver error well under
+score_sde's prior error; (2) stricter, the solver's error alone (both with the exact p_T).
+The loosened score_sde row (RK45 1e-3) shows what score_sde's path costs at the accuracy
+its prior allows; it is not the issue's baseline.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ import numpy as np  # noqa: E402
 from scipy import integrate  # noqa: E402
 
 from experiments.benchmarks.cases import mixture_32d, mixture_b  # noqa: E402
+from experiments.benchmarks.pinning import pin_process  # noqa: E402
 from scoresde.likelihood import exact_divergence, log_likelihood_terms  # noqa: E402
 from scoresde.likelihood import max_example_rms  # noqa: E402
 from scoresde.sde import VPSDE  # noqa: E402
@@ -92,7 +105,7 @@ def drift_and_divergence(score, reverse_mode: bool):
     return fn
 
 
-def score_sde_path(fn, x):
+def score_sde_path(fn, x, tol=1e-5):
     """scipy RK45 over [eps, T] on the flattened (x, delta) state; returns (x_T, delta, nfe)."""
     n, shape = x.shape[0], x.shape
 
@@ -101,7 +114,7 @@ def score_sde_path(fn, x):
         return np.concatenate([np.asarray(v, np.float64).reshape(-1), np.asarray(div, np.float64)])
 
     init = np.concatenate([np.asarray(x, np.float64).reshape(-1), np.zeros(n)])
-    sol = integrate.solve_ivp(ode_func, (SDE.eps, SDE.T), init, rtol=1e-5, atol=1e-5, method="RK45")
+    sol = integrate.solve_ivp(ode_func, (SDE.eps, SDE.T), init, rtol=tol, atol=tol, method="RK45")
     return jnp.asarray(sol.y[:-n, -1], jnp.float32).reshape(shape), sol.y[-n:, -1], sol.nfev
 
 
@@ -131,6 +144,12 @@ def scoresde_configs():
                                                          atol=3e-3, **rev)),
         ("joint, quadrature 5, log-SNR, Dopri8 1e-3, rev", dict(batching="joint", quadrature=5, solver=dopri8,
                                                                time_variable="log_snr", rtol=1e-3, atol=1e-3, **rev)),
+        ("joint, quadrature 3, t, Tsit5 3e-3, rev", dict(batching="joint", quadrature=3, rtol=3e-3, atol=3e-3, **rev)),
+        ("joint, quadrature 2, t, Tsit5 1e-3, rev", dict(batching="joint", quadrature=2, rtol=1e-3, atol=1e-3, **rev)),
+        ("fixed 8 steps, quadrature 3, t, Tsit5, rev", dict(n_steps=8, quadrature=3, solver=tsit, **rev)),
+        ("fixed 10 steps, quadrature 2, t, Tsit5, rev", dict(n_steps=10, quadrature=2, solver=tsit, **rev)),
+        ("fixed 12 steps, quadrature 2, t, Tsit5, rev", dict(n_steps=12, quadrature=2, solver=tsit, **rev)),
+        ("fixed 12 steps, quadrature 3, t, Tsit5, rev", dict(n_steps=12, quadrature=3, solver=tsit, **rev)),
         ("fixed 16 steps, quadrature 3, t, Tsit5, rev", dict(n_steps=16, quadrature=3, solver=tsit, **rev)),
         ("fixed 24 steps, quadrature 3, t, Tsit5, rev", dict(n_steps=24, quadrature=3, solver=tsit, **rev)),
     ]
@@ -168,12 +187,14 @@ def run_case(name, n, log):
         log(f"[{name}] {row['method']:<55} NFE {row['nfe']:>4} div {row['div']:>4}  wall {row['wall']:6.2f}s  "
             f"cpu {row['cpu']:6.2f}s  mae {row['mae']:.2e}  max {row['max']:.2e}  prior mae {row['mae_prior']:.2e}")
 
-    for label, reverse in (("score_sde path: RK45 1e-5, rev (score_sde's div)", True),
-                           ("score_sde path: RK45 1e-5, fwd (scoresde's div)", False)):
+    for label, reverse, tol in (("score_sde path: RK45 1e-5, rev (score_sde's div)", True, 1e-5),
+                                ("score_sde path: RK45 1e-5, fwd (scoresde's div)", False, 1e-5),
+                                ("score_sde path loosened: RK45 1e-3, rev (not score_sde's setting)", True, 1e-3)):
         fn = drift_and_divergence(score, reverse)
         jax.block_until_ready(fn(x, jnp.float32(0.5)))  # compile
-        (x_T, delta, nfe), wall, cpu = timed(score_sde_path, fn, x)
-        emit(dict(case=name, D=dim, method=label, nfe=nfe, div=nfe, wall=wall, cpu=cpu, reference=reverse,
+        (x_T, delta, nfe), wall, cpu = timed(score_sde_path, fn, x, tol)
+        emit(dict(case=name, D=dim, method=label, nfe=nfe, div=nfe, wall=wall, cpu=cpu,
+                  reference=reverse and tol == 1e-5, loosened=tol != 1e-5,
                   **errors(np.asarray(p_T(x_T)) + delta, np.asarray(prior(x_T)) + delta, truth, dim)))
 
     for label, kw in scoresde_configs():
@@ -262,7 +283,24 @@ def table(rows, reference):
 
 
 def acceptance(rows, reference):
-    out = []
+    """Two readings of "score_sde's accuracy or better" (module docstring): against the exact
+    log-density, each path with the terminal density it has; and the solver's error alone."""
+    out = ["Reading 1, the issue's metric: the error against the exact log p_eps, each path with the terminal "
+           "density it has. score_sde's path has only the N(0, I) prior (its column 'mae, N(0, I) prior'); "
+           "scoresde is given the exact p_T, the option issue 15 item 1 asks for wherever the data law is known "
+           "(its column 'mae, exact p_T').", ""]
+    for case, ref in reference.items():
+        loose = next(r for r in rows if r["case"] == case and r.get("loosened"))
+        ok = [r for r in rows
+              if r["case"] == case and r["method"].startswith("scoresde") and r["mae"] <= ref["mae_prior"]]
+        best = min(ok, key=lambda r: r["wall"])
+        out.append(f"- {case}: fastest in wall time: {best['method']}, error {best['mae']:.2e} vs score_sde's "
+                   f"{ref['mae_prior']:.2e} nats/dim; wall {best['wall']:.3f} s vs {ref['wall']:.3f} s = "
+                   f"**{ref['wall'] / best['wall']:.1f}x** (acceptance: >= 5x), CPU {ref['cpu'] / best['cpu']:.1f}x. "
+                   f"Against score_sde's path loosened to RK45 1e-3 (error {loose['mae_prior']:.2e}, wall "
+                   f"{loose['wall']:.3f} s; not the issue's baseline): {loose['wall'] / best['wall']:.1f}x.")
+    out += ["", "Reading 2, stricter: the solver's error alone (both paths with the exact p_T: mae at most score_sde's "
+            "'mae, exact p_T') and, with the prior, within 1% of score_sde's.", ""]
     for case, ref in reference.items():
         ok = [r for r in rows if r["case"] == case and r["method"].startswith("scoresde")
               and r["mae"] <= ref["mae"] and r["mae_prior"] <= ref["mae_prior"] * 1.01]
@@ -271,13 +309,11 @@ def acceptance(rows, reference):
             continue
         for key, what in (("wall", "wall"), ("cpu", "CPU")):
             best = min(ok, key=lambda r: r[key])
-            out.append(f"- {case}, fastest in {what} time at score_sde's accuracy or better: {best['method']}, "
+            out.append(f"- {case}, fastest in {what} time: {best['method']}, "
                        f"mae {best['mae']:.2e} vs {ref['mae']:.2e} nats/dim (exact p_T), {best['mae_prior']:.2e} vs "
                        f"{ref['mae_prior']:.2e} (prior); wall {best['wall']:.3f} s vs {ref['wall']:.3f} s = "
-                       f"{ref['wall'] / best['wall']:.1f}x, CPU {best['cpu']:.3f} s vs {ref['cpu']:.3f} s = "
+                       f"**{ref['wall'] / best['wall']:.1f}x**, CPU {best['cpu']:.3f} s vs {ref['cpu']:.3f} s = "
                        f"{ref['cpu'] / best['cpu']:.1f}x (acceptance: >= 5x in wall time).")
-    out.append("\nAccuracy = mae with the exact p_T at most score_sde's (the `rev` row), and with the prior within "
-               "1% of it.")
     return "\n".join(out)
 
 
@@ -288,8 +324,8 @@ def main(argv=None):
     p.add_argument("--core", type=int, default=0, help="the CPU core to pin the process to (-1: no pinning)")
     p.add_argument("--out", default=os.path.join(RESULTS, "likelihood.md"))
     a = p.parse_args(argv)
-    if a.core >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {a.core})
+    if a.core >= 0:
+        pin_process(a.core)
     n = 64 if a.quick else a.n
     log = lambda s: print(s, flush=True)  # noqa: E731
     t_start = time.perf_counter()

@@ -52,6 +52,7 @@ import numpy as np
 from flax import serialization
 
 from experiments import train
+from experiments.benchmarks.pinning import pin_process
 from scoresde.likelihood import BitsPerDimBound, TruncatedNormalDequantizer, UniformDequantizer, bits_per_dim_bound
 from scoresde.models.dequantizer import DequantizerNet, fit_dequantizer
 
@@ -182,8 +183,8 @@ def main(argv=None):
     if bad or not rows_wanted or rows_wanted[0] != "uniform":
         raise ValueError(f"--rows must start with 'uniform' (the paired reference) and name rows from {ROWS}, "
                          f"got {a.rows!r}.")
-    if a.core >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {a.core})
+    if a.core >= 0:
+        pin_process(a.core)
     os.makedirs(a.cache, exist_ok=True)
     t_start = time.perf_counter()
     load0 = os.getloadavg()
