@@ -57,3 +57,43 @@ def test_wrong_step_count_and_bad_fractions_fail(case):
         grid(SDE, 5)
     with pytest.raises(ValueError, match="increase strictly"):
         FittedGrid(jnp.array([0.0, 0.6, 0.4, 1.0]))
+
+
+def test_screened_fit_on_every_noise_is_the_plain_fit(case):
+    """n_fit >= n_screen, one round: every screening noise is in the subset with weight
+    n_rest / n_fit = 1, so the screened fit on N noises is the plain fit on the same N."""
+    sf, smp, grid, _, _ = case
+    screened = fit_grid(smp, sf, SDE, jax.random.key(1), (2,), n_fit=64, n_screen=64, rounds=1,
+                        init=UniformTimeGrid(), maxiter=30)
+    np.testing.assert_allclose(np.asarray(screened.fractions), np.asarray(grid.fractions), rtol=1e-5, atol=1e-6)
+    assert screened.info["n_hard"] == [0]
+
+
+def test_screened_loss_estimates_the_mse_over_all_screening_noises(case):
+    """Two rounds: round 1's hard set is exactly the noises the round-0 grid (the same call
+    with rounds=1) leaves >= hard_distance away, and the fit's reported loss, (1/N)[sum_hard
+    + (n_rest/m) sum_subset], estimates the fitted grid's MSE over all N screening noises
+    within 4 SE of the subset sampling (dropping the n_rest/m weight puts it > 6 SE low)."""
+    sf, smp, _, _, _ = case
+    n, m, h = 512, 64, 0.3
+    kw = dict(n_fit=m, n_screen=n, hard_distance=h, init=UniformTimeGrid(), maxiter=5)
+    g0 = fit_grid(smp, sf, SDE, jax.random.key(3), (2,), rounds=1, **kw)
+    g = fit_grid(smp, sf, SDE, jax.random.key(3), (2,), rounds=2, **kw)
+    x_T = SDE.prior_sample(jax.random.key(3), (n, 2))
+    ref = np.asarray(sample(ProbabilityFlowODE(), sf, SDE, jax.random.key(0), x_T).samples)
+    d0 = np.sqrt(np.sum((np.asarray(sample(DDIM(3, grid=g0), sf, SDE, jax.random.key(0), x_T).samples) - ref) ** 2, -1))
+    hard = d0 >= h
+    assert g.info["n_hard"] == [0, int(hard.sum())] and 0 < hard.sum() < n - m
+    sq = np.sum((np.asarray(sample(DDIM(3, grid=g), sf, SDE, jax.random.key(0), x_T).samples) - ref) ** 2, -1)
+    n_rest = n - hard.sum()
+    se = n_rest / n * sq[~hard].std() / np.sqrt(m) * np.sqrt(1 - m / n_rest)
+    assert abs(g.info["mse_fit"] - sq.mean()) < 4 * se, (g.info["mse_fit"], sq.mean(), se)
+    assert n_rest / n * sq[~hard].mean() > 10 * se  # the easy noises' share is large enough to be checked
+
+
+def test_screened_fit_bad_arguments():
+    gm = GaussianMixture.isotropic(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.array([1.0]))
+    with pytest.raises(ValueError, match="hard_distance"):
+        fit_grid(DDIM(3), gm.score_fn(SDE), SDE, jax.random.key(0), (2,), n_screen=16, hard_distance=-1.0)
+    with pytest.raises(ValueError, match="n_screen"):
+        fit_grid(DDIM(3), gm.score_fn(SDE), SDE, jax.random.key(0), (2,), n_screen=0)
