@@ -15,10 +15,10 @@ import pytest
 from jax import enable_x64
 
 from helpers import fitted_order
-from scoresde import FlowMatchingPath, GaussianMixture, VPSDE, sample
+from scoresde import FittedGrid, FlowMatchingPath, GaussianMixture, VPSDE, sample
 from scoresde.consistency import (
     ConsistencyParameterization, ConsistencySampler, ECTPairs, ICTPairs, KarrasPairs, PseudoHuber, SquaredL2,
-    consistency_fn_from_network, consistency_loss, teacher_step,
+    TruncatedLogSNRGrid, consistency_fn_from_network, consistency_loss, teacher_step,
 )
 
 MU, S2 = jnp.array([1.0, -0.5]), 0.25
@@ -122,6 +122,64 @@ def test_sampler_one_step_is_the_exact_map_and_multistep_draws_the_law():
     with pytest.raises(ValueError, match="denoise=True needs a score function"):
         sample(ConsistencySampler(1), fstar, sde, jax.random.key(5), x_T, denoise=True)
 
+
+def test_sampler_partial_renoising_mixes_implied_and_fresh_noise():
+    """gamma = 0 / 1 are the implied / fresh settings bit for bit; in between the re-noised
+    state is x_in = a x + sqrt(v) (sqrt(1 - gamma^2) z_hat + gamma z), read back through the
+    exact (affine) consistency function at the second time (rtol = atol = 1e-4; a linear
+    instead of the quadrature mix, (1 - gamma) z_hat, is off by 0.4 z_hat at gamma = 0.6)."""
+    sde = VPSDE()
+    fstar = exact_consistency_fn(sde)
+    x_T = sde.prior_sample(jax.random.key(8), (512, 2))
+    key = jax.random.key(9)
+
+    def run(smp):
+        return sample(smp, fstar, sde, key, x_T, trajectory=True).trajectory
+
+    implied, fresh = run(ConsistencySampler(2, stochastic=False)), run(ConsistencySampler(2))
+    np.testing.assert_array_equal(run(ConsistencySampler(2, stochastic=False, gamma=0.0)), implied)
+    np.testing.assert_array_equal(run(ConsistencySampler(2, gamma=1.0)), fresh)
+    g = 0.6
+    mixed = run(ConsistencySampler(2, gamma=g))
+    u = ConsistencySampler(2).grid(sde, 2)[1]
+    eps = jnp.float32(sde.eps)
+    a = sde.transition(eps, u)[0]
+    k = jnp.sqrt(_c(sde, eps) / _c(sde, u))  # f*(x, u) = alpha_eps MU + k (x - alpha_u MU)
+
+    def x_in(traj):  # the state the second evaluation saw, minus a x_1 (x_1: the first output)
+        np.testing.assert_array_equal(traj[1], implied[1])
+        return sde.alpha(u) * MU + (traj[2] - sde.alpha(eps) * MU) / k - a * traj[1]
+
+    np.testing.assert_allclose(x_in(mixed), np.sqrt(1 - g**2) * x_in(implied) + g * x_in(fresh), rtol=1e-4, atol=1e-4)
+    for bad, match in (({"gamma": 1.5}, "gamma=1.5 must be a number in"), ({"gamma": True}, "gamma=True"),
+                       ({"gamma": 0.3, "stochastic": False}, "use stochastic=True for gamma > 0"),
+                       ({"gamma": 0.0}, "stochastic=False for gamma = 0")):
+        with pytest.raises(ValueError, match=match):
+            ConsistencySampler(2, **bad)
+
+
+def test_truncated_start_grid_and_sampler():
+    """TruncatedLogSNRGrid puts lambda(t_i) at lambda(T) + u_i (lambda(eps) - lambda(T)) (rtol
+    1e-5), equals FittedGrid when u_0 = 0, and the sampler's first evaluation is at t_0 < T:
+    one step is the exact map f*(x_T, t_0) to rtol = atol = 1e-5."""
+    sde = VPSDE()
+    fr = (0.3, 0.5, 1.0)
+    t = TruncatedLogSNRGrid(fr)(sde, 2)
+    l0, l1 = sde.log_snr(jnp.float32(sde.T)), sde.log_snr(jnp.float32(sde.eps))
+    np.testing.assert_allclose(sde.log_snr(t[:2]), l0 + jnp.asarray(fr[:2]) * (l1 - l0), rtol=1e-5)
+    assert float(t[-1]) == np.float32(sde.eps) and float(t[0]) < sde.T
+    np.testing.assert_array_equal(TruncatedLogSNRGrid((0.0, 0.4, 1.0))(sde, 2),
+                                  FittedGrid(jnp.asarray([0.0, 0.4, 1.0]))(sde, 2))
+    fstar = exact_consistency_fn(sde)
+    x_T = sde.prior_sample(jax.random.key(10), (256, 2))
+    one = sample(ConsistencySampler(1, grid=TruncatedLogSNRGrid((0.3, 1.0))), fstar, sde, jax.random.key(0), x_T)
+    ref = gauss_flow(sde, x_T, jnp.full((256,), t[0]), jnp.full((256,), sde.eps))
+    np.testing.assert_allclose(one.samples, ref, rtol=1e-5, atol=1e-5)
+    for bad in ((0.5, 0.3, 1.0), (-0.1, 1.0), (0.2, 0.9), [0.0, 1.0]):
+        with pytest.raises(ValueError, match="must be a tuple of log-SNR fractions"):
+            TruncatedLogSNRGrid(bad)
+    with pytest.raises(ValueError, match="has 2 steps"):
+        TruncatedLogSNRGrid(fr)(sde, 3)
 
 def test_time_pairs():
     sde = VPSDE()

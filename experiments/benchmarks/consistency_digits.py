@@ -17,9 +17,13 @@ FD (to DPM) (between the row's and the DPM-Solver++ NFE-10 samples' features). T
 rows are the diffusion checkpoint used as a consistency model (`consistency_fn_from_score`:
 one-step DDIM from each time), the students' starting point. Multistep consistency rows
 re-noise between steps either with fresh noise (Song et al. 2023, Algorithm 1) or with the
-noise the previous state implies (`ConsistencySampler(stochastic=False)`), on a grid whose
-first interior time is at log-SNR fraction u of the way from T to eps
-(`ConsistencySetup.sampler`), with the EMA or the raw parameters: these three choices are
+noise the previous state implies (`ConsistencySampler(stochastic=False)`) or with a mix of the
+two (`ConsistencySampler(gamma=g)`: z = sqrt(1 - g^2) z_implied + g z_fresh; --gamma lists the
+candidates, default 1,0: fresh and implied only), on a grid whose
+first interior time is at log-SNR fraction u of the way from T to eps and whose first
+evaluation is at T or, with --start-u candidates above 0, at that log-SNR fraction
+(`ConsistencySetup.sampler`, consistency.start_u: x_T stands in for a draw there), with the EMA
+or the raw parameters: these choices are
 made per model and step count (u from --grid-u) by the confident fraction on --n-val OTHER
 prior draws (key 1000; validation), as the case-A benchmark chooses its grid on other noise;
 the row is then drawn from the benchmark's noise, so its numbers are not selected on.
@@ -58,6 +62,10 @@ def main(argv=None):
     p.add_argument("--steps", default="1,2,4")
     p.add_argument("--grid-u", default="0.2,0.3,0.4,0.5", help="candidate first interior log-SNR fractions")
     p.add_argument("--n-val", type=int, default=500, help="prior draws (key 1000) for choosing u")
+    p.add_argument("--gamma", default="1,0",
+                   help="candidate fresh-noise shares of the re-noising (1: fresh, 0: implied, between: a mix)")
+    p.add_argument("--start-u", default="0",
+                   help="candidate log-SNR fractions of the first evaluation (0: at T; each below the u tried)")
     p.add_argument("--models", default="untrained,distilled,tuned",
                    help="which consistency models get rows (comma-separated subset of untrained,distilled,tuned)")
     p.add_argument("--params", default="EMA,raw", help="parameter sets to choose from (trained models)")
@@ -71,6 +79,14 @@ def main(argv=None):
     pnames = [v.strip() for v in a.params.split(",") if v.strip()]
     if not pnames or set(pnames) - {"EMA", "raw"}:
         raise ValueError(f"--params={a.params!r}: use EMA, raw or EMA,raw.")
+    gammas = [float(v) for v in a.gamma.split(",") if v.strip()]
+    if not gammas or any(not 0 <= g <= 1 for g in gammas):
+        raise ValueError(f"--gamma={a.gamma!r}: give comma-separated fresh-noise shares in [0, 1] (1: fresh "
+                         "noise, 0: the implied noise).")
+    starts = [float(v) for v in a.start_u.split(",") if v.strip()]
+    if not starts or any(not 0 <= v < 1 for v in starts):
+        raise ValueError(f"--start-u={a.start_u!r}: give comma-separated log-SNR fractions in [0, 1) (0: the "
+                         "first evaluation at T).")
     t_start = time.perf_counter()
     exp, step, which, clf, x_T, run = load_for_sampling(digits_unet.get_config(), a.teacher, a.n)
 
@@ -111,23 +127,23 @@ def main(argv=None):
         crun = eqx.filter_jit(lambda smp, p_, k, x: S.sample(smp, cexp.sample_fn(p_), cexp.sde, k, x))
         for n in (int(v) for v in a.steps.split(",")):
             t0 = time.perf_counter()
-            best = (None, cexp.consistency.grid_u, True, next(iter(candidates)))
+            best = (None, cexp.consistency.grid_u, 1.0, next(iter(candidates)), 0.0)
             for pname, pp in candidates.items():
-                for stoch in ((True, False) if n > 1 else (True,)):
+                for g in (gammas if n > 1 else (1.0,)):
                     for u in ((float(v) for v in a.grid_u.split(",")) if n > 1 else (best[1],)):
-                        if n == 1 and len(candidates) == 1:
-                            break  # nothing to choose
-                        smp = dataclasses.replace(cexp.consistency, grid_u=u, stochastic=stoch).sampler(n)
-                        qv, _ = quality(crun(smp, pp, jax.random.key(1001), x_val).samples)
-                        print(f"  validation: {label} {n} steps, {pname}, u = {u}, "
-                              f"{'fresh' if stoch else 'implied'} noise: confident {qv['confident']:.4f}", flush=True)
-                        if best[0] is None or qv["confident"] > best[0]:
-                            best = (qv["confident"], u, stoch, pname)
-            _, u, stoch, pname = best
-            res = crun(dataclasses.replace(cexp.consistency, grid_u=u, stochastic=stoch).sampler(n),
-                       candidates[pname], jax.random.key(1), x_T)
+                        for s0 in (starts if n > 1 else (0.0,)):
+                            if (n == 1 and len(candidates) == 1) or s0 >= u:
+                                continue  # nothing to choose / not a grid
+                            qv, _ = quality(crun(_sampler(cexp, n, u, g, s0), pp, jax.random.key(1001),
+                                                 x_val).samples)
+                            print(f"  validation: {label} {n} steps, {pname}, u = {u}, {_noise(g)}{_start(s0)}: "
+                                  f"confident {qv['confident']:.4f}", flush=True)
+                            if best[0] is None or qv["confident"] > best[0]:
+                                best = (qv["confident"], u, g, pname, s0)
+            _, u, g, pname, s0 = best
+            res = crun(_sampler(cexp, n, u, g, s0), candidates[pname], jax.random.key(1), x_T)
             q, _ = quality(res.samples)
-            how = f"{pname}" + (f", u = {u}, {'fresh' if stoch else 'implied'} noise" if n > 1 else "")
+            how = f"{pname}" + (f", u = {u}, {_noise(g)}{_start(s0)}" if n > 1 else "")
             rows.append((f"consistency, {label}, step {cstep} ({how})", int(res.nfe), q,
                          metrics.frechet_distance_from_features(feats(res.samples), dpm_feats),
                          time.perf_counter() - t0))
@@ -143,6 +159,22 @@ def main(argv=None):
         f"noise; real test digits: confident fraction {real['confident']:.3f}, FD to train {real['fd']:.2f}. "
         f"Benchmark wall time {(time.perf_counter() - t_start) / 60:.1f} min; `uptime` at the end: {load}.",
         "\n".join(lines)])
+
+
+def _sampler(cexp, n: int, u: float, gamma: float, start_u: float = 0.0):
+    """The config's n-step sampler with first interior log-SNR fraction u, fresh-noise share
+    gamma (1 and 0: the plain fresh / implied settings, exactly as before gamma existed) and the
+    first evaluation at log-SNR fraction start_u (0: at T)."""
+    smp = dataclasses.replace(cexp.consistency, grid_u=u, stochastic=gamma > 0, start_u=start_u).sampler(n)
+    return dataclasses.replace(smp, gamma=gamma) if 0 < gamma < 1 else smp
+
+
+def _start(start_u: float) -> str:
+    return f", first step at {start_u}" if start_u else ""
+
+
+def _noise(gamma: float) -> str:
+    return {1.0: "fresh noise", 0.0: "implied noise"}.get(gamma, f"gamma = {gamma} (implied + fresh)")
 
 
 if __name__ == "__main__":
