@@ -63,7 +63,7 @@ from scoresde import metrics, parallel
 from scoresde.likelihood import data_bits_per_dim, log_likelihood
 from scoresde.consistency import (
     ConsistencyParameterization, ConsistencySampler, ECTPairs, PseudoHuber, SquaredL2, make_consistency_train_step,
-    network_consistency_fn,
+    TruncatedLogSNRGrid, network_consistency_fn,
 )
 from scoresde.models import count_params
 from scoresde.sampling import FittedGrid, LogSNRGrid
@@ -185,11 +185,21 @@ class ConsistencySetup:
     eval_steps: tuple
     grid_u: float  # first interior time of the multistep grid, as a log-SNR fraction (0: uniform)
     stochastic: bool = True  # fresh noise between steps (Song et al. 2023 Alg. 1); False: the implied noise
+    start_u: float = 0.0  # first evaluation time as a log-SNR fraction (0: T; > 0: a truncated start)
 
     def sampler(self, n_steps: int) -> ConsistencySampler:
         """`ConsistencySampler(n_steps, stochastic=self.stochastic)`: the first interior time at
         log-SNR fraction grid_u of the way from T to eps, the rest evenly spaced after it in
-        log-SNR (grid_u = 0: evenly spaced from the start)."""
+        log-SNR (grid_u = 0: evenly spaced from the start). start_u > 0: the first evaluation is
+        at fraction start_u instead of T (`TruncatedLogSNRGrid`)."""
+        if self.start_u:
+            u0 = self.start_u
+            if n_steps < 2 or not self.grid_u:
+                fr = [u0 + (1 - u0) * k / n_steps for k in range(n_steps + 1)]
+            else:
+                fr = [u0, *(self.grid_u + (1 - self.grid_u) * k / (n_steps - 1) for k in range(n_steps - 1)), 1.0]
+            return ConsistencySampler(n_steps, grid=TruncatedLogSNRGrid(tuple(float(v) for v in fr)),
+                                      stochastic=self.stochastic)
         if n_steps < 2 or not self.grid_u:
             return ConsistencySampler(n_steps, grid=LogSNRGrid(), stochastic=self.stochastic)
         u = self.grid_u
@@ -225,6 +235,10 @@ def build_consistency(config) -> ConsistencySetup:
     if not 0.0 <= float(cc.grid_u) < 1.0:
         raise ValueError(f"config option consistency.grid_u={cc.grid_u} must be in [0, 1) (a log-SNR "
                          "fraction; 0: evenly spaced).")
+    start_u = float(cc.get("start_u", 0.0))
+    if not 0.0 <= start_u < 1.0 or (cc.grid_u and start_u >= float(cc.grid_u)):
+        raise ValueError(f"config option consistency.start_u={start_u} must be in [0, 1) and below "
+                         f"consistency.grid_u={cc.grid_u} when that is set (log-SNR fractions; 0: start at T).")
     pc = cc.pairs
     pairs = ECTPairs(stage_steps=int(pc.stage_steps), q=float(pc.q), p_mean=float(pc.p_mean), p_std=float(pc.p_std),
                      k=float(pc.k), b=float(pc.b), weight=pc.weight)
@@ -236,7 +250,7 @@ def build_consistency(config) -> ConsistencySetup:
                             pairs=pairs, distance=dist, solver=cc.solver, substeps=int(cc.substeps),
                             step_offset=first_stage * int(pc.stage_steps), init_from=cc.init_from,
                             init_checkpoint=cc.init_checkpoint, eval_steps=steps, grid_u=float(cc.grid_u),
-                            stochastic=bool(cc.get("stochastic", True)))
+                            stochastic=bool(cc.get("stochastic", True)), start_u=start_u)
 
 
 def load_diffusion_params(exp: Experiment, workdir: str, which: str = "best"):
@@ -605,7 +619,7 @@ def evaluate_consistency(exp: Experiment, workdir: str, params, step: int, which
     config, cs = exp.config, exp.consistency
     out: dict[str, Any] = {"checkpoint": which, "checkpoint_step": step, "dataset": config.data.dataset,
                            "consistency": {"mode": cs.mode, "init_from": cs.init_from, "grid_u": cs.grid_u,
-                                           "stochastic": cs.stochastic},
+                                           "stochastic": cs.stochastic, "start_u": cs.start_u},
                            "steps": {}}
     key = jax.random.PRNGKey(config.seed + 777)
     main_x = None

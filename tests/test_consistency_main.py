@@ -113,6 +113,7 @@ def test_eval_and_sample_modes_and_boundary_condition(runs, mode):
     (("init_from", ""), r"consistency.init_from is empty"),
     (("distance", "l1"), r"consistency.distance='l1' is not valid; valid choices: l2, pseudo_huber"),
     (("eval_steps", (0, 2)), r"consistency.eval_steps=\(0, 2\) must list step counts >= 1"),
+    (("start_u", 0.6), r"consistency.start_u=0.6 must be in \[0, 1\) and below consistency.grid_u=0.5"),
 ])
 def test_bad_consistency_options_fail_before_training(tmp_path, change, match):
     c = tiny_consistency("distillation", str(tmp_path / "nowhere"), 2)
@@ -129,3 +130,21 @@ def test_missing_diffusion_checkpoint_and_denoise_fail_before_training(tmp_path)
     c.sampling.denoise = True
     with pytest.raises(ValueError, match="sampling.denoise=True.*set sampling.denoise=False"):
         train.build(c)
+
+
+def test_config_sampler_grids_with_a_truncated_start():
+    """consistency.start_u > 0: the first evaluation at that log-SNR fraction, the second at
+    grid_u, the rest evenly spaced after it (the digits tuning config: 0.3 and 0.5); start_u = 0
+    keeps the grid that starts at T (FittedGrid([0, grid_u, ..., 1]))."""
+    from scoresde.consistency import TruncatedLogSNRGrid
+    from scoresde.sampling import FittedGrid
+
+    cs = train.build_consistency(digits_consistency.get_config("tuning"))
+    assert (cs.start_u, cs.grid_u, cs.stochastic) == (0.3, 0.5, False)
+    for n, fr in ((1, (0.3, 1.0)), (2, (0.3, 0.5, 1.0)), (4, (0.3, 0.5, 0.5 + 0.5 / 3, 0.5 + 1.0 / 3, 1.0))):
+        grid = cs.sampler(n).grid
+        assert isinstance(grid, TruncatedLogSNRGrid)
+        np.testing.assert_allclose(grid.fractions, fr, rtol=1e-12)
+    cd = train.build_consistency(digits_consistency.get_config("distillation"))
+    assert cd.start_u == 0.0 and isinstance(cd.sampler(2).grid, FittedGrid)
+    np.testing.assert_allclose(np.asarray(cd.sampler(2).grid.fractions), [0.0, 0.4, 1.0], rtol=1e-6)
