@@ -56,8 +56,8 @@ def get_config(mode: str = "tuning") -> ml_collections.ConfigDict:
     # noise after tuning, with fresh noise after distillation. Distillation: first step at T,
     # second at u = 0.4 of the log-SNR range (500 draws). Tuning: first step at start_u = 0.3
     # (x_T stands in for x at sh = 8.6: the tuned model is poor at T, sh ~ 150), second at
-    # u = 0.5 (5000 draws; on seven other tuned checkpoints the same choice gave 0.82-0.84
-    # confident where the old T / 0.4 grid gave 0.71-0.85).
+    # u = 0.5 (5000 draws; on eight other tuned checkpoints the same choice gave confident
+    # fractions 0.82-0.84 where the earlier grid, T then 0.4, gave 0.71-0.85).
     c.eval.use_ema = False
     cc.grid_u = 0.4 if distil else 0.5
     cc.start_u = 0.0 if distil else 0.3
