@@ -32,10 +32,11 @@ n_fit of the others stands in for all of them (weight n_rest / n_fit),
 
 an unbiased estimate given the partition, whose variance comes from the easy samples
 only. Each of `rounds` rounds re-screens the N noises with the current grid, adds the
-samples it now leaves far to the hard set, and refits from the current grid; round 0 is
-the plain multi-start fit on a uniform subset of n_fit (the hard set is empty until a
-fitted grid screens: the starting grids' own failures would dominate it). With
-n_fit >= N and one round, the fit is the plain fit on the N noises, step for step.
+samples it now leaves far to the hard set, and refits from the current grid; round 0 fits
+on a uniform subset of n_fit (the hard set is empty until a fitted grid screens). Each
+starting grid goes through all rounds with its own hard set, and the lowest final
+estimate wins. With n_fit >= N and one round, the fit is the plain fit on the N noises,
+step for step.
 
 The result is an ordinary `AbstractTimeGrid`, a `FittedGrid` holding the fractions u,
 that saves to and loads from a small JSON file. Evaluate it on fresh noise, never on the
@@ -205,23 +206,28 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         dist_jit = jax.jit(lambda th, x, ref: jnp.sqrt(jnp.sum((run(th, x, None) - ref).reshape(x.shape[0], -1) ** 2,
                                                                axis=-1)))
         dist = lambda th: dist_jit(th, x_T, x_ref)  # noqa: E731 (arguments, not constants folded into the program)
-        hard = np.zeros(n_screen, bool)
-        n_hard = []
-        for r in range(rounds):
-            if r > 0:  # round 0: the multi-start on a uniform subset; then screen with the current grid
-                hard |= np.asarray(dist(theta)) >= hard_distance
-            rest = np.flatnonzero(~hard)
-            m = min(n_fit, rest.size)
-            pick = (np.sort(np.asarray(jax.random.choice(jax.random.fold_in(key, r + 1), rest.size, (m,),
-                                                         replace=False))) if m else np.zeros(0, int))
-            idx = np.concatenate([np.flatnonzero(hard), rest[pick]])
-            k = idx.size
-            # (1/N)[sum_hard + (n_rest/m) sum_subset] written as a mean over the k chosen noises
-            scale = np.concatenate([np.full(hard.sum(), k / n_screen),
-                                    np.full(m, k * rest.size / (n_screen * m) if m else 0.0)])
-            data = (x_T[idx], x_ref[idx], None, jnp.asarray(scale, dtype))
-            mse, theta, start = fit_from(starts if r == 0 else [(theta, start)], data)
-            n_hard.append(int(hard.sum()))
+
+        def screened(start_theta, name):  # every round from one start; its own hard set
+            hard, n_hard, theta = np.zeros(n_screen, bool), [], start_theta
+            for r in range(rounds):
+                if r > 0:  # round 0: a uniform subset; then screen with the current grid
+                    hard |= np.asarray(dist(theta)) >= hard_distance
+                rest = np.flatnonzero(~hard)
+                m = min(n_fit, rest.size)
+                pick = (np.sort(np.asarray(jax.random.choice(jax.random.fold_in(key, r + 1), rest.size, (m,),
+                                                             replace=False))) if m else np.zeros(0, int))
+                idx = np.concatenate([np.flatnonzero(hard), rest[pick]])
+                k = idx.size
+                # (1/N)[sum_hard + (n_rest/m) sum_subset] written as a mean over the k chosen noises
+                scale = np.concatenate([np.full(hard.sum(), k / n_screen),
+                                        np.full(m, k * rest.size / (n_screen * m) if m else 0.0)])
+                data = (x_T[idx], x_ref[idx], None, jnp.asarray(scale, dtype))
+                mse, theta, _ = fit_from([(theta, name)], data)
+                n_hard.append(int(hard.sum()))
+            return mse, theta, name, n_hard, data
+
+        # the estimates of different starts are each unbiased for the MSE over the same N noises
+        mse, theta, start, n_hard, data = min((screened(t, nm) for t, nm in starts), key=lambda c: c[0])
         extra = {"n_screen": n_screen, "hard_distance": hard_distance, "rounds": rounds, "n_hard": n_hard}
     mse_inits = {type(g).__name__: float(loss_jit(t, *data)) for t, g in zip(thetas0, inits)}
     info = {"n_steps": n, "sampler": type(sampler).__name__, "start": start, "n_fit": n_fit,
