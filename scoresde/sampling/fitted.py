@@ -36,7 +36,9 @@ samples it now leaves far to the hard set, and refits from the current grid; rou
 on a uniform subset of n_fit (the hard set is empty until a fitted grid screens). Each
 starting grid goes through all rounds with its own hard set, and the lowest final
 estimate wins. With n_fit >= N and one round, the fit is the plain fit on the N noises,
-step for step.
+step for step. Measured (experiments/benchmarks/results/samplers.md, case B, UniPC, fresh
+noise): at 20 steps it lowers the paired RMSE from the plain fit's 0.23 to 0.17-0.19; at 10
+steps the outcome depends on the basin the fit lands in (0.42-0.71 against 0.80).
 
 The result is an ordinary `AbstractTimeGrid`, a `FittedGrid` holding the fractions u,
 that saves to and loads from a small JSON file. Evaluate it on fresh noise, never on the
