@@ -18,11 +18,12 @@ the default when gamma is not given); both ends run exactly the code of those tw
 
 The first evaluation need not be at T: with `TruncatedLogSNRGrid` whose first log-SNR fraction
 u_0 > 0 the prior draw x_T ~ N(0, I) (VP; the SDE's prior in general) stands in for a draw at
-t_0 = t(u_0) < T, as EDM and consistency models start at a finite sigma_max (Karras et al.
-2022; Song et al. 2023 use sigma_max = 80). For a VP SDE the mismatch is the signal alpha_{t_0}
-x_0 that a true x_{t_0} carries and N(0, I) lacks (at u_0 = 0.3 of the default VP SDE's range,
-sh = sigma / alpha = 8.6, alpha = 0.12); in exchange the network is first evaluated where a
-briefly trained consistency model is accurate, not at T (sh ~ 150).
+t_0 = t(u_0) < T: the approximation EDM and consistency models make at sigma_max = 80, where
+pure noise stands in for data plus noise (Karras et al. 2022; Song et al. 2023), at a smaller
+noise level. For a VP SDE the mismatch is the signal alpha_{t_0} x_0 that a true x_{t_0}
+carries and N(0, I) lacks (at u_0 = 0.3 of the default VP SDE's log-SNR range sh = sigma /
+alpha = 8.6, alpha = 0.12; sigma_max = 80 is sh = 80); in exchange the network is first
+evaluated where a briefly trained consistency model is accurate, not at T (sh ~ 150).
 
 The function handed to `sample` with this sampler is the CONSISTENCY function f(x, t)
 (e.g. `consistency_fn_from_network`), not a score; do not ask `sample` for the final
