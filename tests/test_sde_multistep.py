@@ -47,20 +47,25 @@ def gauss_score(x, t, cond):
     return -(x - a * mu) / (a**2 * s2[:, None] + s**2)
 
 
-@pytest.mark.parametrize("order, eta, n", [(1, 1.0, 1), (2, 0.3, 3), (3, 0.3, 7), (2, 2.0, 4)])
-def test_point_mass_law_is_exact_for_any_step(order, eta, n):
+@pytest.mark.parametrize("order, eta, n, t_start", [(1, 1.0, 1, None), (2, 0.3, 3, None), (3, 0.3, 7, None),
+                                                   (2, 2.0, 4, None), (2, 0.3, 5, 0.4)])
+def test_point_mass_law_is_exact_for_any_step(order, eta, n, t_start):
     """For a point mass c (D = c on every path) the output at eps is alpha_e c + sigma_e u
     with u - e^{-eta Lambda} u_T ~ N(0, 1 - e^{-2 eta Lambda}) independent of u_T, for every
     step count: a wrong coefficient of x, D or the noise shows up as a mean, variance or
-    correlation error."""
+    correlation error. With a truncated start (UniformTimeGrid(t_start)) x_T is taken as the
+    state at t_start: u_T and Lambda are those of t_start (a grid that still started at T
+    would leave u with the wrong mean)."""
     N, c = 20000, 0.7
+    t0 = SDE.T if t_start is None else t_start
     with enable_x64():
         x_T = SDE.prior_sample(jax.random.key(1), (N, 1), jnp.float64)
         cond = (jnp.full((N, 1), c), jnp.zeros((N,)))
-        x = sample(SDEDPMSolverPP(n, order, eta=eta), gauss_score, SDE, jax.random.key(2), x_T, cond=cond).samples
+        smp = SDEDPMSolverPP(n, order, eta=eta, grid=UniformTimeGrid(t_start=t_start))
+        x = sample(smp, gauss_score, SDE, jax.random.key(2), x_T, cond=cond).samples
         lam = lambda t: 0.5 * float(SDE.log_snr(t))
-        big_lam = lam(SDE.eps) - lam(SDE.T)
-        u_T = np.asarray((x_T - SDE.alpha(SDE.T) * c) / SDE.sigma(SDE.T))[:, 0]
+        big_lam = lam(SDE.eps) - lam(t0)
+        u_T = np.asarray((x_T - SDE.alpha(t0) * c) / SDE.sigma(t0))[:, 0]
         u = np.asarray((x - SDE.alpha(SDE.eps) * c) / SDE.sigma(SDE.eps))[:, 0]
     r = u - np.exp(-eta * big_lam) * u_T
     v = -np.expm1(-2 * eta * big_lam)
@@ -190,3 +195,14 @@ def test_traced_sde_has_finite_gradients():
     g = float(jax.grad(total)(20.0))
     fd = float(total(20.01) - total(19.99)) / 0.02
     assert np.isfinite(g) and abs(g - fd) < 0.02 * abs(fd) + 1e-3, (g, fd)
+
+
+def test_truncated_uniform_grid():
+    """UniformTimeGrid(t_start): n + 1 evenly spaced times from t_start to eps; None is the
+    grid from T; a t_start outside (eps, T] is refused."""
+    ts = np.asarray(UniformTimeGrid(t_start=0.6)(SDE, 4))
+    np.testing.assert_allclose(ts, 0.6 + np.arange(5) / 4 * (SDE.eps - 0.6), rtol=1e-6)
+    assert ts[0] == np.float32(0.6) and ts[-1] == np.float32(SDE.eps)
+    np.testing.assert_array_equal(np.asarray(UniformTimeGrid(t_start=None)(SDE, 4)), np.asarray(UniformTimeGrid()(SDE, 4)))
+    with pytest.raises(ValueError, match="t_start"):
+        UniformTimeGrid(t_start=1.5)(SDE, 4)

@@ -1,6 +1,6 @@
 """Time grids T = t_0 > t_1 > ... > t_n = eps for fixed-step samplers.
 
-* `UniformTimeGrid`: t_i = T + i/n (eps - T).
+* `UniformTimeGrid`: t_i = T + i/n (eps - T) (`t_start`: a truncated start below T).
 * `EDMGrid(rho)`: Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based
   Generative Models", eq. 5) on the scaled noise level sigma_hat = sigma / alpha =
   exp(-lambda/2):  sigma_hat_i = (sh_max^(1/rho) + i/n (sh_min^(1/rho) - sh_max^(1/rho)))^rho,
@@ -8,7 +8,7 @@
 * `LogSNRGrid`: uniform in lambda = log(alpha^2/sigma^2) (DPM-Solver's "logSNR" grid,
   Lu et al. 2022).
 
-The end points are exactly T and eps. A grid is called as `grid(sde, n_steps)`
+The end points are exactly T (t_start for a truncated UniformTimeGrid) and eps. A grid is called as `grid(sde, n_steps)`
 and returns an array of n_steps + 1 times (dtype of the SDE's float type).
 """
 
@@ -39,12 +39,30 @@ class AbstractTimeGrid(eqx.Module):
 
 
 class UniformTimeGrid(AbstractTimeGrid):
-    """t_i = T + (i / n) (eps - T), i = 0..n (Song et al. 2021)."""
+    """t_i = T + (i / n) (eps - T), i = 0..n (Song et al. 2021).
+
+    t_start (optional, eps < t_start <= T): a truncated start, t_i = t_start + (i / n)
+    (eps - t_start). The prior draw x_T then stands in for a draw at t_start, the
+    approximation EDM makes at sigma_max = 80 (Karras et al. 2022), at a lower noise level:
+    for a VP SDE the signal alpha(t_start) x_0 that a true x_{t_start} carries is missing,
+    and in exchange no steps are spent where nothing is decided. Measure it: on the digits
+    U-Net at 10 steps (experiments/benchmarks/results/samplers_digits_nfe10.md),
+    SDE-DPM-Solver++ 2M with t_start = 0.6 (chosen on validation draws, where it gained 0.02
+    in confident ratio) kept the ratio (0.892 vs 0.894 +- 0.006) and lowered the Frechet
+    distance (7.85 vs 8.70) on the benchmark's draws."""
+
+    t_start: float | None = eqx.field(static=True, default=None)
 
     def __call__(self, sde, n_steps, dtype=jnp.float32):
         check_steps(n_steps)
         i = jnp.arange(n_steps + 1, dtype=dtype) / n_steps
-        return _pin_ends(jnp.asarray(sde.T, dtype) + i * (jnp.asarray(sde.eps, dtype) - sde.T), sde)
+        if self.t_start is None:
+            return _pin_ends(jnp.asarray(sde.T, dtype) + i * (jnp.asarray(sde.eps, dtype) - sde.T), sde)
+        if not sde.eps < self.t_start <= sde.T:
+            raise ValueError(f"t_start={self.t_start!r} must lie in (eps, T] = ({sde.eps}, {sde.T}] (the first time "
+                             "of a truncated grid), or be None to start at T.")
+        t0 = jnp.asarray(self.t_start, dtype)
+        return (t0 + i * (jnp.asarray(sde.eps, dtype) - t0)).at[0].set(t0).at[-1].set(sde.eps)
 
 
 class EDMGrid(AbstractTimeGrid):
