@@ -8,8 +8,9 @@
 * `LogSNRGrid`: uniform in lambda = log(alpha^2/sigma^2) (DPM-Solver's "logSNR" grid,
   Lu et al. 2022).
 
-The end points are exactly T (t_start for a truncated UniformTimeGrid) and eps. A grid is called as `grid(sde, n_steps)`
-and returns an array of n_steps + 1 times (dtype of the SDE's float type).
+The end points are exactly T (t_start for a truncated UniformTimeGrid) and eps. A grid is
+called as `grid(sde, n_steps)` and returns an array of n_steps + 1 times (dtype of the SDE's
+float type).
 """
 
 from __future__ import annotations
