@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from scoresde._util import batch_time, bcast, call_score, check_steps, normal_like
 from scoresde.sampling.base import AbstractSampler
-from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
+from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid, times_from_fractions
 
 
 class TruncatedLogSNRGrid(AbstractTimeGrid):
@@ -61,10 +61,7 @@ class TruncatedLogSNRGrid(AbstractTimeGrid):
         if n_steps != len(self.fractions) - 1:
             raise ValueError(f"this TruncatedLogSNRGrid has {len(self.fractions) - 1} steps (fractions="
                              f"{self.fractions}), got n_steps={n_steps}; give one fraction per step plus the end 1.")
-        T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
-        l0, l1 = sde.log_snr(T), sde.log_snr(eps)
-        t = sde.t_from_log_snr(l0 + jnp.asarray(self.fractions, dtype) * (l1 - l0)).astype(dtype).at[-1].set(eps)
-        return t.at[0].set(T) if self.fractions[0] == 0 else t
+        return times_from_fractions(sde, jnp.asarray(self.fractions, dtype), dtype, pin_start=self.fractions[0] == 0)
 
 
 class ConsistencySampler(AbstractSampler):
@@ -105,10 +102,10 @@ class ConsistencySampler(AbstractSampler):
         x_in = x_T
         x = call_score(consistency_fn, x_T, batch_time(ts[0], x_T), cond)
         traj = [x_T, x]
+        gamma = float(self.stochastic) if self.gamma is None else float(self.gamma)
         for i in range(1, self.n_steps):
             a, v = sde.transition(eps, ts[i])
             a_prev, v_prev = sde.transition(eps, ts[i - 1])
-            gamma = float(self.stochastic) if self.gamma is None else float(self.gamma)
             if gamma == 1.0:  # Song et al. 2023, Algorithm 1
                 z = normal_like(keys, x, i)
             else:  # the noise that maps x back to x_in: x_in = a_prev x + sqrt(v_prev) z_hat

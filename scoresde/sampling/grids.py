@@ -89,11 +89,14 @@ def log_snr_fractions(sde: AbstractSDE, ts: Array) -> Array:
     return (sde.log_snr(ts) - l0) / (l1 - l0)
 
 
-def times_from_fractions(sde: AbstractSDE, u: Array, dtype=jnp.float32) -> Array:
-    """The inverse of `log_snr_fractions`: t_i = t(lambda(T) + u_i (lambda(eps) - lambda(T)))."""
+def times_from_fractions(sde: AbstractSDE, u: Array, dtype=jnp.float32, pin_start: bool = True) -> Array:
+    """The inverse of `log_snr_fractions`: t_i = t(lambda(T) + u_i (lambda(eps) - lambda(T))),
+    the last time set exactly to eps and, with pin_start, the first exactly to T (for u_0 = 0;
+    pin_start=False keeps a first fraction above 0, a truncated start)."""
     T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
     l0, l1 = sde.log_snr(T), sde.log_snr(eps)
-    return _pin_ends(sde.t_from_log_snr(l0 + u * (l1 - l0)).astype(dtype), sde)
+    t = sde.t_from_log_snr(l0 + u * (l1 - l0)).astype(dtype)
+    return _pin_ends(t, sde) if pin_start else t.at[-1].set(sde.eps)
 
 
 class LogSNRGrid(AbstractTimeGrid):
