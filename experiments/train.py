@@ -192,20 +192,15 @@ class ConsistencySetup:
         log-SNR fraction grid_u of the way from T to eps, the rest evenly spaced after it in
         log-SNR (grid_u = 0: evenly spaced from the start). start_u > 0: the first evaluation is
         at fraction start_u instead of T (`TruncatedLogSNRGrid`)."""
-        if self.start_u:
-            u0 = self.start_u
-            if n_steps < 2 or not self.grid_u:
-                fr = [u0 + (1 - u0) * k / n_steps for k in range(n_steps + 1)]
-            else:
-                fr = [u0, *(self.grid_u + (1 - self.grid_u) * k / (n_steps - 1) for k in range(n_steps - 1)), 1.0]
-            return ConsistencySampler(n_steps, grid=TruncatedLogSNRGrid(tuple(float(v) for v in fr)),
-                                      stochastic=self.stochastic)
-        if n_steps < 2 or not self.grid_u:
-            return ConsistencySampler(n_steps, grid=LogSNRGrid(), stochastic=self.stochastic)
-        u = self.grid_u
-        inner = [u + (1 - u) * k / (n_steps - 1) for k in range(n_steps - 1)]
-        return ConsistencySampler(n_steps, grid=FittedGrid(jnp.asarray([0.0, *inner, 1.0], jnp.float32)),
-                                  stochastic=self.stochastic)
+        u0, u = self.start_u, self.grid_u
+        if n_steps < 2 or not u:
+            if not u0:
+                return ConsistencySampler(n_steps, grid=LogSNRGrid(), stochastic=self.stochastic)
+            fr = [u0 + (1 - u0) * k / n_steps for k in range(n_steps + 1)]
+        else:
+            fr = [u0, *(u + (1 - u) * k / (n_steps - 1) for k in range(n_steps - 1)), 1.0]
+        grid = TruncatedLogSNRGrid(tuple(float(v) for v in fr)) if u0 else FittedGrid(jnp.asarray(fr, jnp.float32))
+        return ConsistencySampler(n_steps, grid=grid, stochastic=self.stochastic)
 
 
 def build_consistency(config) -> ConsistencySetup:
