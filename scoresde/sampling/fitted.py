@@ -179,8 +179,11 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         grid = FittedGrid(_fractions(theta))
         return sample(eqx.tree_at(lambda s: s.grid, sampler, grid), score_fn, sde, jax.random.key(0), x, cond=c).samples
 
-    def loss(theta, x, ref, c, scale):  # mean_i scale_i ||x_n - x*||^2 (scale = 1: the plain mean)
-        sq = jnp.sum((run(theta, x, c) - ref).reshape(x.shape[0], -1) ** 2, axis=-1)
+    def sq_err(theta, x, ref, c):  # ||x_n - x*||^2 per example
+        return jnp.sum((run(theta, x, c) - ref).reshape(x.shape[0], -1) ** 2, axis=-1)
+
+    def loss(theta, x, ref, c, scale):  # mean_i scale_i ||x_n - x*||^2 (scale = None: the plain mean)
+        sq = sq_err(theta, x, ref, c)
         return jnp.mean(sq if scale is None else scale * sq)
 
     loss_jit = jax.jit(loss)
@@ -205,15 +208,13 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         data = (x_T, x_ref, cond, None)
         mse, theta, start = fit_from(starts, data)
     else:
-        dist_jit = jax.jit(lambda th, x, ref: jnp.sqrt(jnp.sum((run(th, x, None) - ref).reshape(x.shape[0], -1) ** 2,
-                                                               axis=-1)))
-        dist = lambda th: dist_jit(th, x_T, x_ref)  # noqa: E731 (arguments, not constants folded into the program)
+        sq_err_jit = jax.jit(sq_err)  # the screening noises as arguments, not constants folded into the program
 
         def screened(start_theta, name):  # every round from one start; its own hard set
             hard, n_hard, theta = np.zeros(n_screen, bool), [], start_theta
             for r in range(rounds):
                 if r > 0:  # round 0: a uniform subset; then screen with the current grid
-                    hard |= np.asarray(dist(theta)) >= hard_distance
+                    hard |= np.sqrt(np.asarray(sq_err_jit(theta, x_T, x_ref, None))) >= hard_distance
                 rest = np.flatnonzero(~hard)
                 m = min(n_fit, rest.size)
                 pick = (np.sort(np.asarray(jax.random.choice(jax.random.fold_in(key, r + 1), rest.size, (m,),
