@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import DDIM, FittedGrid, GaussianMixture, ProbabilityFlowODE, UniformTimeGrid, VPSDE, fit_grid, sample
+from scoresde import (DDIM, DPMSolverPP, FittedGrid, GaussianMixture, LogSNRGrid, ProbabilityFlowODE, UniformTimeGrid,
+                      VPSDE, fit_grid, sample)
+from scoresde.sampling.fitted import _VALIDATE_STREAM
 
 SDE = VPSDE()
 
@@ -97,3 +99,34 @@ def test_screened_fit_bad_arguments():
         fit_grid(DDIM(3), gm.score_fn(SDE), SDE, jax.random.key(0), (2,), n_screen=16, hard_distance=-1.0)
     with pytest.raises(ValueError, match="n_screen"):
         fit_grid(DDIM(3), gm.score_fn(SDE), SDE, jax.random.key(0), (2,), n_screen=0)
+
+
+def test_fit_for_a_denoise_final_sampler(case):
+    """final="denoise" asks its grid for n_steps - 1 steps: the fit fits that grid (it used to fit
+    n_steps and then fail), and the fitted grid runs in the same sampler; one evaluation has no grid."""
+    sf, _, _, x_T, _ = case
+    smp = DPMSolverPP(4, 2, grid=UniformTimeGrid(), final="denoise")
+    grid = fit_grid(smp, sf, SDE, jax.random.key(1), (2,), n_fit=64, init=UniformTimeGrid(), maxiter=10)
+    assert grid.n_steps == 3 and grid.info["mse_fit"] < grid.info["mse_inits"]["UniformTimeGrid"]
+    res = sample(DPMSolverPP(4, 2, grid=grid, final="denoise"), sf, SDE, jax.random.key(0), x_T)
+    assert int(res.nfe) == 4 and bool(jnp.all(jnp.isfinite(res.samples)))
+    with pytest.raises(ValueError, match="n_steps >= 2"):
+        fit_grid(DPMSolverPP(1, 1, final="denoise"), sf, SDE, jax.random.key(1), (2,), n_fit=8)
+
+
+def test_validation_picks_the_start_with_the_lowest_error_on_other_noises(case):
+    """n_validate=M: each start's fitted grid is scored on M noises apart from the fitting ones
+    (their reference solves), the recorded score is that grid's mean squared error there, and
+    the lowest wins."""
+    sf, smp, _, _, _ = case
+    key, m = jax.random.key(1), 256
+    g = fit_grid(smp, sf, SDE, key, (2,), n_fit=64, init=(UniformTimeGrid(), LogSNRGrid()), maxiter=30, n_validate=m)
+    val = g.info["mse_validate"]
+    assert set(val) == {"UniformTimeGrid", "LogSNRGrid"} and g.info["start"] == min(val, key=val.get)
+    x_val = SDE.prior_sample(jax.random.fold_in(key, _VALIDATE_STREAM), (m, 2))
+    assert not np.allclose(np.asarray(x_val[:64]), np.asarray(SDE.prior_sample(key, (64, 2))))
+    ref = sample(ProbabilityFlowODE(), sf, SDE, jax.random.key(0), x_val).samples
+    x = sample(DDIM(3, grid=g), sf, SDE, jax.random.key(0), x_val).samples
+    np.testing.assert_allclose(float(jnp.mean(jnp.sum((x - ref) ** 2, -1))), val[g.info["start"]], rtol=1e-4)
+    with pytest.raises(ValueError, match="n_validate"):
+        fit_grid(smp, sf, SDE, key, (2,), n_validate=0)

@@ -36,7 +36,14 @@ samples it now leaves far to the hard set, and refits from the current grid; rou
 on a uniform subset of n_fit (the hard set is empty until a fitted grid screens). Each
 starting grid goes through all rounds with its own hard set, and the lowest final
 estimate wins. With n_fit >= N and one round, the fit is the plain fit on the N noises,
-step for step. Measured (experiments/benchmarks/results/samplers.md, case B, UniPC, fresh
+step for step.
+
+Choosing among starts (`n_validate`): BFGS from different starting grids ends in
+different local minima, and each start's loss is measured on its own fitting noises (with
+screening, on its own hard set), which favours the start that fits its noises best rather
+than the one that generalises. With `n_validate = M` every start's fitted grid is scored
+on M further noises (drawn apart, with their reference solves) and the lowest mean squared
+error there wins. Measured (experiments/benchmarks/results/samplers.md, case B, UniPC, fresh
 noise): at 20 steps it lowers the paired RMSE from the plain fit's 0.23 to 0.17-0.19; at 10
 steps the outcome depends on the basin the fit lands in (0.42-0.71 against 0.80).
 
@@ -98,7 +105,8 @@ class FittedGrid(AbstractTimeGrid):
         check_steps(n_steps)
         if n_steps != self.n_steps:
             raise ValueError(f"this FittedGrid was fitted for n_steps={self.n_steps}, got n_steps={n_steps}; "
-                             "fit a grid for this step count with fit_grid.")
+                             "fit a grid for this step count with fit_grid (a sampler with final='denoise' asks "
+                             "its grid for n_steps - 1 steps).")
         return times_from_fractions(sde, jnp.asarray(self.fractions, dtype), dtype)
 
     def save(self, path: str) -> None:
@@ -121,6 +129,9 @@ class FittedGrid(AbstractTimeGrid):
         return cls(jnp.asarray(payload["fractions"], jnp.float32), json.dumps(payload.get("info") or {}))
 
 
+_VALIDATE_STREAM = 2**20  # fold_in(key, this) draws the validation noises (subsets use 1, 2, ...)
+
+
 def _fractions(theta):
     w = jax.nn.softmax(theta)
     return jnp.concatenate([jnp.zeros((1,), theta.dtype), jnp.cumsum(w)]).at[-1].set(1.0)
@@ -129,20 +140,22 @@ def _fractions(theta):
 def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, shape: tuple[int, ...], *,
              n_fit: int = 256, init=None, reference: Optional[AbstractSampler] = None,
              cond: PyTree = None, maxiter: int = 200, dtype=jnp.float32, n_screen: Optional[int] = None,
-             hard_distance: float = 0.3, rounds: int = 4) -> FittedGrid:
+             hard_distance: float = 0.3, rounds: int = 4, n_validate: Optional[int] = None) -> FittedGrid:
     """Fit the time grid of a fixed-step `sampler` to `score_fn` (see the module docstring).
 
     Args:
       sampler: a fixed-step sampler with fields `n_steps` and `grid` (e.g. UniPC(10),
-        DPMSolverPP(10, 3), ODEHeun(5)); its grid is replaced during the fit.
+        DPMSolverPP(10, 3), ODEHeun(5)); its grid is replaced during the fit. With
+        final="denoise" the grid has n_steps - 1 steps (the last evaluation denoises).
       score_fn, sde, cond: as for `sample` (with `n_screen`, cond must be None).
       key: draws the fitting (or screening) noises x_T ~ p_T and, with `n_screen`, the
         subsets of easy noises; the fit is deterministic given it.
       shape: the shape of one example, e.g. (2,) or (8, 8, 1).
       n_fit: number of fitting noises (with `n_screen`: of easy noises per round).
       init: the starting grid, or a sequence of them (multi-start: BFGS from each, the
-        lowest loss wins); default: the sampler's own grid, a log-SNR grid, EDM's rho = 7
-        grid and the uniform-t grid.
+        lowest loss, or with n_validate the lowest validation error, wins); default: the
+        sampler's own grid, a log-SNR grid, EDM's rho = 7 grid and the uniform-t grid (the
+        sampler's grid not repeated).
       reference: the fine solve x* (default: ProbabilityFlowODE(rtol=atol=1e-5), Tsit5).
       maxiter: BFGS iterations (per start, and per round with `n_screen`).
       n_screen: None (plain fit on n_fit noises) or N: fit on N screening noises with
@@ -151,9 +164,17 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
       rounds: with n_screen, fitting rounds: round 0 on a uniform subset, each later one
         re-screens with the current grid and refits from it.
 
+      n_validate: None (the start whose fit has the lowest loss wins) or M: the start
+        whose fitted grid has the lowest mean squared error on M further noises (and
+        their reference solves), drawn apart from the fitting ones, wins. Each start's
+        loss is measured on the noises it was fitted on (with n_screen, on its own hard
+        set), so it favours the start that fits its own noises best; where starts end in
+        different basins (few steps, rare errors) the validation noises choose fairly.
+
     Returns: a FittedGrid, with `info` recording the loss before and after the fit (with
     n_screen: the weighted estimate of the mean squared error over the N screening noises,
-    on the last round's weights, and the hard-set size after each round).
+    on the last round's weights, and the hard-set size after each round; with n_validate:
+    each start's validation mean squared error).
     """
     if not hasattr(sampler, "n_steps") or not hasattr(sampler, "grid"):
         raise TypeError(f"sampler must be a fixed-step sampler with `n_steps` and `grid` fields, got "
@@ -167,9 +188,21 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         if cond is not None:
             raise ValueError("cond: screened fitting (n_screen) takes subsets of the noises and has no way to take "
                              "the same subsets of cond; fit with n_screen=None, or fit an unconditional score.")
-    n = sampler.n_steps
-    if init is None:
-        init = (sampler.grid, LogSNRGrid(), EDMGrid(), UniformTimeGrid())
+    if n_validate is not None:
+        check_steps(n_validate, "n_validate")
+        if cond is not None:
+            raise ValueError("cond: validation (n_validate) draws new noises and has no cond for them; fit with "
+                             "n_validate=None, or fit an unconditional score.")
+    n = getattr(sampler, "n_grid_steps", sampler.n_steps)  # final="denoise": one step fewer on the grid
+    if n < 1:
+        raise ValueError(f"sampler: {type(sampler).__name__}(n_steps={sampler.n_steps}, final='denoise') takes no "
+                         "step on its grid (its one evaluation is the final denoise), so there is no grid to fit; "
+                         "use n_steps >= 2.")
+    if init is None:  # the sampler's own grid and the three standard ones, each once
+        init = [sampler.grid]
+        for g in (LogSNRGrid(), EDMGrid(), UniformTimeGrid()):
+            if not any(type(g) is type(h) and bool(eqx.tree_equal(g, h)) for h in init):
+                init.append(g)
     inits = tuple(init) if isinstance(init, (tuple, list)) else (init,)
     reference = ProbabilityFlowODE() if reference is None else reference
     x_T = sde.prior_sample(key, ((n_fit if n_screen is None else n_screen),) + tuple(shape), dtype)
@@ -190,26 +223,22 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
     theta_of = lambda g: jnp.log(jnp.maximum(jnp.diff(log_snr_fractions(sde, g(sde, n, dtype))), 1e-6))  # noqa: E731
     thetas0 = [theta_of(g) for g in inits]
 
-    def fit_from(starts, data):
+    def fit_from(theta0, name, data):  # (loss, theta, name), or None where the loss is not finite
+        res = minimize(lambda th: loss_jit(th, *data), theta0, method="BFGS", options={"maxiter": maxiter})
         best = None
-        for theta0, name in starts:
-            res = minimize(lambda th: loss_jit(th, *data), theta0, method="BFGS", options={"maxiter": maxiter})
-            for value, theta in ((float(loss_jit(theta0, *data)), theta0), (float(loss_jit(res.x, *data)), res.x)):
-                if np.isfinite(value) and (best is None or value < best[0]):
-                    best = (value, theta, name)
-            if best is None:
-                raise FloatingPointError(f"fit_grid: the loss is not finite from the {name} start; check "
-                                         "the score function and the sampler.")
+        for value, theta in ((float(loss_jit(theta0, *data)), theta0), (float(loss_jit(res.x, *data)), res.x)):
+            if np.isfinite(value) and (best is None or value < best[0]):
+                best = (value, theta, name)
         return best
 
     starts = [(t, type(g).__name__) for t, g in zip(thetas0, inits)]
     extra = {}
+    sq_err_jit = jax.jit(sq_err)  # the noises as arguments, not constants folded into the program
     if n_screen is None:
         data = (x_T, x_ref, cond, None)
-        mse, theta, start = fit_from(starts, data)
+        # (loss, theta, start name, n_hard, data) per start
+        candidates = [c + (None, data) for c in (fit_from(t, nm, data) for t, nm in starts) if c is not None]
     else:
-        sq_err_jit = jax.jit(sq_err)  # the screening noises as arguments, not constants folded into the program
-
         def screened(start_theta, name):  # every round from one start; its own hard set
             hard, n_hard, theta = np.zeros(n_screen, bool), [], start_theta
             for r in range(rounds):
@@ -225,13 +254,30 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
                 scale = np.concatenate([np.full(hard.sum(), k / n_screen),
                                         np.full(m, k * rest.size / (n_screen * m) if m else 0.0)])
                 data = (x_T[idx], x_ref[idx], None, jnp.asarray(scale, dtype))
-                mse, theta, _ = fit_from([(theta, name)], data)
+                fit = fit_from(theta, name, data)
+                if fit is None:
+                    return None
+                mse, theta, _ = fit
                 n_hard.append(int(hard.sum()))
             return mse, theta, name, n_hard, data
 
-        # the estimates of different starts are each unbiased for the MSE over the same N noises
-        mse, theta, start, n_hard, data = min((screened(t, nm) for t, nm in starts), key=lambda c: c[0])
-        extra = {"n_screen": n_screen, "hard_distance": hard_distance, "rounds": rounds, "n_hard": n_hard}
+        candidates = [c for c in (screened(t, nm) for t, nm in starts) if c is not None]
+        extra = {"n_screen": n_screen, "hard_distance": hard_distance, "rounds": rounds}
+    if not candidates:
+        names = ", ".join(nm for _, nm in starts)
+        raise FloatingPointError(f"fit_grid: the loss is not finite from any start ({names}); check the score "
+                                 "function and the sampler.")
+    if n_validate is None:
+        # the estimates of different starts are each unbiased for the MSE over the same noises
+        mse, theta, start, n_hard, data = min(candidates, key=lambda c: c[0])
+    else:  # each start's fitted grid on noises no fit has seen; the lowest mean squared error wins
+        x_val = sde.prior_sample(jax.random.fold_in(key, _VALIDATE_STREAM), (n_validate,) + tuple(shape), dtype)
+        ref_val = jax.lax.stop_gradient(sample(reference, score_fn, sde, jax.random.key(0), x_val).samples)
+        val = [float(jnp.mean(sq_err_jit(c[1], x_val, ref_val, None))) for c in candidates]
+        mse, theta, start, n_hard, data = candidates[int(np.argmin(val))]
+        extra.update(n_validate=n_validate, mse_validate={c[2]: v for c, v in zip(candidates, val)})
+    if n_hard is not None:
+        extra["n_hard"] = n_hard
     mse_inits = {type(g).__name__: float(loss_jit(t, *data)) for t, g in zip(thetas0, inits)}
     info = {"n_steps": n, "sampler": type(sampler).__name__, "start": start, "n_fit": n_fit,
             "fit_key": np.asarray(jax.random.key_data(key)).tolist(), "mse_inits": mse_inits, "mse_fit": mse, **extra}

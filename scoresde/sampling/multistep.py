@@ -439,12 +439,17 @@ def _check_steps_and_endings(smp):
     _check_choice(smp.final, "final", FINALS)
 
 
+def _grid_steps(smp) -> int:
+    """The steps a sampler with the fields n_steps and final takes on its grid: n_steps, or
+    n_steps - 1 with final="denoise" (the last evaluation denoises)."""
+    return smp.n_steps - 1 if smp.final == "denoise" else smp.n_steps
+
+
 def _start(smp, score_fn, sde, x_T, cond, save_trajectory):
     """(None, the schedule of the sampler's steps on its grid, their number n_solve) with
     n_solve = n_steps, or n_steps - 1 for final="denoise"; for n_solve = 0 (one
     evaluation, at T) (the sampler's result with Tweedie's estimate D(x_T, T), None, 0)."""
-    n = smp.n_steps
-    n_solve = n - 1 if smp.final == "denoise" else n
+    n, n_solve = smp.n_steps, _grid_steps(smp)
     if n_solve == 0:
         x = tweedie_denoise(score_fn, sde, x_T, sde.T, cond)
         return (x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)), None, 0
@@ -474,6 +479,11 @@ class AbstractMultistepSampler(AbstractSampler):
     final: str = eqx.field(static=True, default="ode", kw_only=True)
     grid: eqx.AbstractVar[AbstractTimeGrid]
     evals_per_step = 1
+
+    @property
+    def n_grid_steps(self) -> int:
+        """The steps taken on the grid (what the grid is called with, and what `fit_grid` fits)."""
+        return _grid_steps(self)
 
     def __check_init__(self):
         _check_steps_and_endings(self)

@@ -50,8 +50,8 @@ from scoresde.parameterization import x0_from_score
 from scoresde.sampling.base import AbstractSampler, tweedie_denoise
 from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
 from scoresde.sampling.multistep import (
-    _MAX_HIST, _append, _check_choice, _check_steps_and_endings, _dpmpp_eta_update, _loop_weights, _Plan, _start,
-    _step_orders, _traced,
+    _MAX_HIST, _append, _check_choice, _check_steps_and_endings, _dpmpp_eta_update, _grid_steps, _loop_weights, _Plan,
+    _start, _step_orders, _traced,
 )
 
 
@@ -149,6 +149,11 @@ class SDEDPMSolverPP(AbstractSampler):
                                          or not self.t_noise > 0):
             raise ValueError(f"t_noise must be None (noise on every step) or a time > 0 below which "
                              f"steps add noise, got {self.t_noise!r}.")
+
+    @property
+    def n_grid_steps(self) -> int:
+        """The steps taken on the grid: n_steps, or n_steps - 1 with final="denoise"."""
+        return _grid_steps(self)
 
     @property
     def order(self) -> int:
