@@ -4,6 +4,8 @@ count. Exact mixture score (2-D, two components), DDIM with 3 steps from the uni
 the fitted grid's paired RMSE on fresh noise is 0.60 against 0.75 (a wrong gradient or a
 fit on the wrong target leaves it at or above the start)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,9 @@ def test_deterministic_and_round_trip(case, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.fractions), np.asarray(grid.fractions))
     path = str(tmp_path / "grid.json")
     grid.save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable as any file the user writes
     loaded = FittedGrid.load(path)
     np.testing.assert_allclose(np.asarray(loaded(SDE, 3)), np.asarray(grid(SDE, 3)), rtol=1e-6)
     assert loaded.info["n_steps"] == 3

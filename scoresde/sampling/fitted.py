@@ -117,6 +117,9 @@ class FittedGrid(AbstractTimeGrid):
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".grid-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it (mkstemp's file is private, 0600)
         os.replace(tmp, path)
 
     @classmethod
