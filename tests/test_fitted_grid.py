@@ -135,3 +135,22 @@ def test_validation_picks_the_start_with_the_lowest_error_on_other_noises(case):
     np.testing.assert_allclose(float(jnp.mean(jnp.sum((x - ref) ** 2, -1))), val[g.info["start"]], rtol=1e-4)
     with pytest.raises(ValueError, match="n_validate"):
         fit_grid(smp, sf, SDE, key, (2,), n_validate=0)
+
+
+def test_restarts_choose_on_validation_and_restart_zero_is_the_single_fit(case):
+    """restarts=R repeats the fit on R sets of fitting noises and the validation noises choose
+    among all of them: the first set is the single fit's (same grid as restarts=1 when it
+    wins, and its validation error is the same number), and R > 1 needs n_validate."""
+    sf, smp, _, _, _ = case
+    kw = dict(n_fit=64, init=UniformTimeGrid(), maxiter=30, n_validate=256)
+    one = fit_grid(smp, sf, SDE, jax.random.key(1), (2,), **kw)
+    two = fit_grid(smp, sf, SDE, jax.random.key(1), (2,), restarts=2, **kw)
+    val = two.info["mse_validate"]
+    assert set(val) == {"UniformTimeGrid", "UniformTimeGrid@1"} and two.info["restarts"] == 2
+    np.testing.assert_allclose(val["UniformTimeGrid"], one.info["mse_validate"]["UniformTimeGrid"], rtol=1e-6)
+    assert val["UniformTimeGrid@1"] != val["UniformTimeGrid"]  # other fitting noises, another grid
+    assert two.info["start"] == min(val, key=val.get)
+    if two.info["start"] == "UniformTimeGrid":
+        np.testing.assert_array_equal(np.asarray(two.fractions), np.asarray(one.fractions))
+    with pytest.raises(ValueError, match="n_validate"):
+        fit_grid(smp, sf, SDE, jax.random.key(1), (2,), n_fit=64, restarts=2)

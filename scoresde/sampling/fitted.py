@@ -43,7 +43,8 @@ different local minima, and each start's loss is measured on its own fitting noi
 screening, on its own hard set), which favours the start that fits its noises best rather
 than the one that generalises. With `n_validate = M` every start's fitted grid is scored
 on M further noises (drawn apart, with their reference solves) and the lowest mean squared
-error there wins.
+error there wins; with `restarts = R` the whole fit is repeated on R sets of fitting noises
+and the validation noises choose among all of them.
 
 Measured (experiments/benchmarks/results/samplers.md, case B: 16-D, 5 modes, UniPC bh2-3,
 n_screen = 40000, hard_distance = 1, 3 rounds, n_validate = 40000; paired RMSE on 20000
@@ -137,6 +138,7 @@ class FittedGrid(AbstractTimeGrid):
 
 
 _VALIDATE_STREAM = 2**20  # fold_in(key, this) draws the validation noises (subsets use 1, 2, ...)
+_RESTART_STREAM = 2**21  # restart r > 0 fits on the noises of fold_in(key, this + r)
 
 
 def _fractions(theta):
@@ -147,7 +149,8 @@ def _fractions(theta):
 def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key, shape: tuple[int, ...], *,
              n_fit: int = 256, init=None, reference: Optional[AbstractSampler] = None,
              cond: PyTree = None, maxiter: int = 200, dtype=jnp.float32, n_screen: Optional[int] = None,
-             hard_distance: float = 0.3, rounds: int = 4, n_validate: Optional[int] = None) -> FittedGrid:
+             hard_distance: float = 0.3, rounds: int = 4, n_validate: Optional[int] = None,
+             restarts: int = 1) -> FittedGrid:
     """Fit the time grid of a fixed-step `sampler` to `score_fn` (see the module docstring).
 
     Args:
@@ -177,6 +180,10 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         loss is measured on the noises it was fitted on (with n_screen, on its own hard
         set), so it favours the start that fits its own noises best; where starts end in
         different basins (few steps, rare errors) the validation noises choose fairly.
+      restarts: the whole fit (every start) repeated on R sets of fitting noises (the first
+        drawn from `key` itself, so restarts=1 is the fit above); needs n_validate, which
+        chooses among all R x starts fitted grids. Where the outcome depends on the fitting
+        noises (the basin BFGS lands in), this buys reliability at R times the cost.
 
     Returns: a FittedGrid, with `info` recording the loss before and after the fit (with
     n_screen: the weighted estimate of the mean squared error over the N screening noises,
@@ -195,6 +202,10 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         if cond is not None:
             raise ValueError("cond: screened fitting (n_screen) takes subsets of the noises and has no way to take "
                              "the same subsets of cond; fit with n_screen=None, or fit an unconditional score.")
+    check_steps(restarts, "restarts")
+    if restarts > 1 and n_validate is None:
+        raise ValueError(f"restarts={restarts} fits on {restarts} sets of noises, whose losses cannot be compared; "
+                         "pass n_validate=M (e.g. as many noises as one fit uses) to choose among them.")
     if n_validate is not None:
         check_steps(n_validate, "n_validate")
         if cond is not None:
@@ -212,8 +223,6 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
                 init.append(g)
     inits = tuple(init) if isinstance(init, (tuple, list)) else (init,)
     reference = ProbabilityFlowODE() if reference is None else reference
-    x_T = sde.prior_sample(key, ((n_fit if n_screen is None else n_screen),) + tuple(shape), dtype)
-    x_ref = jax.lax.stop_gradient(sample(reference, score_fn, sde, jax.random.key(0), x_T, cond=cond).samples)
 
     def run(theta, x, c):
         grid = FittedGrid(_fractions(theta))
@@ -239,13 +248,15 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         return best
 
     starts = [(t, type(g).__name__) for t, g in zip(thetas0, inits)]
-    extra = {}
     sq_err_jit = jax.jit(sq_err)  # the noises as arguments, not constants folded into the program
-    if n_screen is None:
-        data = (x_T, x_ref, cond, None)
-        # (loss, theta, start name, n_hard, data) per start
-        candidates = [c + (None, data) for c in (fit_from(t, nm, data) for t, nm in starts) if c is not None]
-    else:
+
+    def candidates_for(key, tag):  # every start fitted on the noises `key` draws: (loss, theta, name, n_hard, data)
+        x_T = sde.prior_sample(key, ((n_fit if n_screen is None else n_screen),) + tuple(shape), dtype)
+        x_ref = jax.lax.stop_gradient(sample(reference, score_fn, sde, jax.random.key(0), x_T, cond=cond).samples)
+        if n_screen is None:
+            data = (x_T, x_ref, cond, None)
+            return [c + (None, data) for c in (fit_from(t, nm + tag, data) for t, nm in starts) if c is not None]
+
         def screened(start_theta, name):  # every round from one start; its own hard set
             hard, n_hard, theta = np.zeros(n_screen, bool), [], start_theta
             for r in range(rounds):
@@ -268,8 +279,14 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
                 n_hard.append(int(hard.sum()))
             return mse, theta, name, n_hard, data
 
-        candidates = [c for c in (screened(t, nm) for t, nm in starts) if c is not None]
-        extra = {"n_screen": n_screen, "hard_distance": hard_distance, "rounds": rounds}
+        return [c for c in (screened(t, nm + tag) for t, nm in starts) if c is not None]
+
+    candidates = [c for r in range(restarts)
+                  for c in candidates_for(key if r == 0 else jax.random.fold_in(key, _RESTART_STREAM + r),
+                                          "" if r == 0 else f"@{r}")]
+    extra = {"n_screen": n_screen, "hard_distance": hard_distance, "rounds": rounds} if n_screen is not None else {}
+    if restarts > 1:
+        extra["restarts"] = restarts
     if not candidates:
         names = ", ".join(nm for _, nm in starts)
         raise FloatingPointError(f"fit_grid: the loss is not finite from any start ({names}); check the score "
