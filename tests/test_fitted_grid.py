@@ -135,6 +135,10 @@ def test_validation_picks_the_start_with_the_lowest_error_on_other_noises(case):
     np.testing.assert_allclose(float(jnp.mean(jnp.sum((x - ref) ** 2, -1))), val[g.info["start"]], rtol=1e-4)
     with pytest.raises(ValueError, match="n_validate"):
         fit_grid(smp, sf, SDE, key, (2,), n_validate=0)
+    # two starts of one class keep their own entries
+    g2 = fit_grid(smp, sf, SDE, key, (2,), n_fit=64, init=(UniformTimeGrid(), UniformTimeGrid(t_start=0.8)), maxiter=2,
+                  n_validate=32)
+    assert set(g2.info["mse_validate"]) == set(g2.info["mse_inits"]) == {"UniformTimeGrid#1", "UniformTimeGrid#2"}
 
 
 def test_restarts_choose_on_validation_and_restart_zero_is_the_single_fit(case):

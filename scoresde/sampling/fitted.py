@@ -247,7 +247,9 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
                 best = (value, theta, name)
         return best
 
-    starts = [(t, type(g).__name__) for t, g in zip(thetas0, inits)]
+    kinds = [type(g).__name__ for g in inits]  # a start's name: its class, numbered where a class repeats
+    names = [k if kinds.count(k) == 1 else f"{k}#{kinds[:i].count(k) + 1}" for i, k in enumerate(kinds)]
+    starts = list(zip(thetas0, names))
     sq_err_jit = jax.jit(sq_err)  # the noises as arguments, not constants folded into the program
 
     def candidates_for(key, tag):  # every start fitted on the noises `key` draws: (loss, theta, name, n_hard, data)
@@ -302,7 +304,7 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         extra.update(n_validate=n_validate, mse_validate={c[2]: v for c, v in zip(candidates, val)})
     if n_hard is not None:
         extra["n_hard"] = n_hard
-    mse_inits = {type(g).__name__: float(loss_jit(t, *data)) for t, g in zip(thetas0, inits)}
+    mse_inits = {nm: float(loss_jit(t, *data)) for t, nm in starts}
     info = {"n_steps": n, "sampler": type(sampler).__name__, "start": start, "n_fit": n_fit,
             "fit_key": np.asarray(jax.random.key_data(key)).tolist(), "mse_inits": mse_inits, "mse_fit": mse, **extra}
     return FittedGrid(_fractions(theta), json.dumps(info))
