@@ -50,7 +50,7 @@ Measured (experiments/benchmarks/results/samplers.md, case B: 16-D, 5 modes, Uni
 n_screen = 40000, hard_distance = 1, 3 rounds, n_validate = 40000; paired RMSE on 20000
 fresh noises / pooled over 200000 more): 10 steps 0.399 / 0.394 (plain fit on 256 noises:
 0.80), 20 steps 0.162 / 0.119 (plain: 0.23). At 10 steps the result depends on the fitting
-key: two other keys gave 0.43-0.51 on 200000 validation noises.
+key: two other keys gave 0.43-0.51 on 200000 validation noises, 0.35-0.44 with restarts=3.
 
 The result is an ordinary `AbstractTimeGrid`, a `FittedGrid` holding the fractions u,
 that saves to and loads from a small JSON file. Evaluate it on fresh noise, never on the
