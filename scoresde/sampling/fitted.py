@@ -173,7 +173,6 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
       hard_distance: with n_screen, the distance ||x_n - x*|| from which a noise is hard.
       rounds: with n_screen, fitting rounds: round 0 on a uniform subset, each later one
         re-screens with the current grid and refits from it.
-
       n_validate: None (the start whose fit has the lowest loss wins) or M: the start
         whose fitted grid has the lowest mean squared error on M further noises (and
         their reference solves), drawn apart from the fitting ones, wins. Each start's
@@ -294,7 +293,7 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         raise FloatingPointError(f"fit_grid: the loss is not finite from any start ({names}); check the score "
                                  "function and the sampler.")
     if n_validate is None:
-        # the estimates of different starts are each unbiased for the MSE over the same noises
+        # each start's own loss: on the same noises (plain), or an estimate of the MSE over the same N (screened)
         mse, theta, start, n_hard, data = min(candidates, key=lambda c: c[0])
     else:  # each start's fitted grid on noises no fit has seen; the lowest mean squared error wins
         x_val = sde.prior_sample(jax.random.fold_in(key, _VALIDATE_STREAM), (n_validate,) + tuple(shape), dtype)
