@@ -22,10 +22,9 @@ t, BFGS 100 iterations) are fitted once per case and NFE 5, 10, 20 with the rare
 screening of fit_grid (FIT_KWARGS: 40000 screening noises, key 1000 + NFE; every noise a
 fitted grid leaves farther than 1 from its reference plus 2048 others, importance-weighted;
 3 rounds; the start chosen on 40000 further validation noises), by `--refit` (minutes each
-on 2 cores), and committed as JSON under
-experiments/benchmarks/grids/; the benchmark's noise is key 0, 1, 2 for A, B, C. The default
-run loads them and evaluates them on the benchmark's fresh noise, never on their own (a
-missing file is fitted and saved first). Each case also runs the grids fitted on the other
+on 2 cores), and committed as JSON under experiments/benchmarks/grids/; the benchmark's noise
+is key 0, 1, 2 for A, B, C. The default run loads them and evaluates them on the benchmark's
+fresh noise, never on their own (a missing file is fitted and saved first). Each case also runs the grids fitted on the other
 two cases ('grid fitted on B'): a configuration tuned on one mixture, measured on one it was
 not tuned on. The column 'fit RMSE' is sqrt of the fit's importance-weighted estimate of the
 mean squared error over its 40000 screening noises (against the float32 Tsit5 reference of
@@ -480,6 +479,7 @@ def main(argv=None):
         parts.append(f"stochastic section {time.perf_counter() - t1:.0f} s")
     total = time.perf_counter() - t_start
     comp, why = comparison(rows, pop)
+
     def _vals(d):
         return ", ".join(f"{s} {v:.4g}" for s, v in d.items())
 
