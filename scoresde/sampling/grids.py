@@ -26,9 +26,11 @@ from scoresde._util import check_steps
 from scoresde.sde import AbstractSDE
 
 
-def _pin_ends(t, sde):
-    """Set the first and last entries exactly to T and eps (round-off of the inverse)."""
-    return t.at[0].set(sde.T).at[-1].set(sde.eps)
+def _pin_ends(t, sde, pin_start: bool = True):
+    """Set the last entry exactly to eps and, with pin_start, the first exactly to T (round-off
+    of the inverse; a truncated grid keeps its own first time)."""
+    t = t.at[-1].set(sde.eps)
+    return t.at[0].set(sde.T) if pin_start else t
 
 
 class AbstractTimeGrid(eqx.Module):
@@ -63,7 +65,7 @@ class UniformTimeGrid(AbstractTimeGrid):
             raise ValueError(f"t_start={self.t_start!r} must lie in (eps, T] = ({sde.eps}, {sde.T}] (the first time "
                              "of a truncated grid), or be None to start at T.")
         t0 = jnp.asarray(self.t_start, dtype)
-        return (t0 + i * (jnp.asarray(sde.eps, dtype) - t0)).at[0].set(t0).at[-1].set(sde.eps)
+        return _pin_ends(t0 + i * (jnp.asarray(sde.eps, dtype) - t0), sde, pin_start=False)  # t_0 = t0 + 0
 
 
 class EDMGrid(AbstractTimeGrid):
@@ -95,8 +97,7 @@ def times_from_fractions(sde: AbstractSDE, u: Array, dtype=jnp.float32, pin_star
     pin_start=False keeps a first fraction above 0, a truncated start)."""
     T, eps = jnp.asarray(sde.T, dtype), jnp.asarray(sde.eps, dtype)
     l0, l1 = sde.log_snr(T), sde.log_snr(eps)
-    t = sde.t_from_log_snr(l0 + u * (l1 - l0)).astype(dtype)
-    return _pin_ends(t, sde) if pin_start else t.at[-1].set(sde.eps)
+    return _pin_ends(sde.t_from_log_snr(l0 + u * (l1 - l0)).astype(dtype), sde, pin_start)
 
 
 class LogSNRGrid(AbstractTimeGrid):
