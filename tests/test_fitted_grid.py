@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scoresde import (DDIM, DPMSolverPP, FittedGrid, GaussianMixture, ProbabilityFlowODE, UniformTimeGrid, VPSDE,
-                      fit_grid, sample)
+from scoresde import (DDIM, DPMSolverPP, EDMHeun, FittedGrid, GaussianMixture, ProbabilityFlowODE, SDEDPMSolverPP,
+                      UniformTimeGrid, UniPC, VPSDE, fit_grid, sample)
 from scoresde.sampling.fitted import _VALIDATE_STREAM
 
 SDE = VPSDE()
@@ -163,3 +163,67 @@ def test_restarts_choose_on_validation_and_restart_zero_is_the_single_fit(case, 
         np.testing.assert_array_equal(np.asarray(two.fractions), np.asarray(one.fractions))
     with pytest.raises(ValueError, match="n_validate"):
         fit_grid(smp, sf, SDE, jax.random.key(1), (2,), n_fit=64, restarts=2)
+
+
+def test_decoupled_grid_evaluates_the_model_at_its_shifted_times(case, tmp_path):
+    """eval_shifts move step i's model evaluation to the time t'_i of log-SNR log_snr(t_i) +
+    shift_i, x_i and the step's weights unchanged: the same run as the plain grid with a score
+    whose denoiser at t_i is the true one at t'_i. The shifts survive save/load; the grid
+    refuses to be used without them (an ordinary call, SDEDPMSolverPP); fit_grid(decouple=True)
+    takes only solvers that apply them."""
+    sf, _, _, x_T, _ = case
+    u, shifts = jnp.array([0.0, 0.3, 0.55, 1.0]), jnp.array([0.8, -0.5, 1.2])
+    grid = FittedGrid(u, eval_shifts=shifts)
+    ts, t_eval = grid.with_eval_times(SDE, 3)
+    np.testing.assert_allclose(np.asarray(SDE.log_snr(t_eval)), np.asarray(SDE.log_snr(ts[:-1]) + shifts), atol=2e-4)
+
+    def moved(x, t):  # the score at t_i whose Tweedie denoiser is D(x, t'_i)
+        te = jnp.broadcast_to(t_eval[jnp.argmin(jnp.abs(ts[:-1] - t[0]))], t.shape)
+        d = (x + SDE.sigma(te)[:, None] ** 2 * sf(x, te)) / SDE.alpha(te)[:, None]
+        return (SDE.alpha(t)[:, None] * d - x) / SDE.sigma(t)[:, None] ** 2
+
+    out = sample(UniPC(3, grid=grid), sf, SDE, jax.random.key(0), x_T).samples
+    want = sample(UniPC(3, grid=FittedGrid(u)), moved, SDE, jax.random.key(0), x_T).samples
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-4)
+    plain = sample(UniPC(3, grid=FittedGrid(u)), sf, SDE, jax.random.key(0), x_T).samples
+    assert float(jnp.max(jnp.abs(out - plain))) > 0.1  # the shifts do move the samples
+    path = str(tmp_path / "decoupled.json")
+    grid.save(path)
+    np.testing.assert_allclose(np.asarray(FittedGrid.load(path).eval_shifts), np.asarray(shifts), rtol=1e-6)
+    assert FittedGrid.load(path).info == {}
+    with pytest.raises(ValueError, match="decouple=True"):
+        grid(SDE, 3)
+    with pytest.raises(ValueError, match="SDEDPMSolverPP does not"):
+        sample(SDEDPMSolverPP(3, grid=grid), sf, SDE, jax.random.key(0), x_T)
+    with pytest.raises(ValueError, match="eval_shifts must be"):
+        FittedGrid(u, eval_shifts=jnp.zeros(2))
+    with pytest.raises(ValueError, match="decouple=True fits"):
+        fit_grid(EDMHeun(3), sf, SDE, jax.random.key(1), (2,), n_fit=8, decouple=True)
+
+
+def test_decoupled_one_step_ddim_fits_the_exact_gaussian_map():
+    """Gaussian data N(0, s^2) in 1-D: the probability-flow map T -> eps is x -> c* x with
+    c* = sqrt(alpha_eps^2 s^2 + sigma_eps^2) / sqrt(alpha_T^2 s^2 + sigma_T^2), and one DDIM step
+    with its evaluation at t' gives x -> (sigma_eps/sigma_T + alpha_eps (1 - e^-h) k(t')) x,
+    k = alpha' s^2 / (alpha'^2 s^2 + sigma'^2), increasing in alpha' for s < 1: a single shift
+    makes the step exact, at the root of k(t') = k*. The decoupled fit finds that shift (the
+    plain one-step grid has nothing to fit and stays at RMSE ~0.5). Started at shift 9 (the
+    root is at ~11.1): at t = T the loss is concave in the shift, and no line search descends."""
+    s = 0.5
+    gm = GaussianMixture.isotropic(jnp.array([1.0]), jnp.zeros((1, 1)), jnp.array([s * s]))
+    sf = gm.score_fn(SDE)
+    with jax.enable_x64():
+        f = lambda g, t: float(g(jnp.asarray(t, jnp.float64)))  # noqa: E731
+        aT, sT, ae, se = f(SDE.alpha, SDE.T), f(SDE.sigma, SDE.T), f(SDE.alpha, SDE.eps), f(SDE.sigma, SDE.eps)
+    c_star = np.sqrt(ae**2 * s**2 + se**2) / np.sqrt(aT**2 * s**2 + sT**2)
+    k_star = (c_star - se / sT) / (ae * (1 - se * aT / (sT * ae)))
+    A = k_star * (1 - s * s)  # k(a) = a s^2 / (1 - a^2 (1 - s^2)) = k*  (VP: sigma^2 = 1 - alpha^2)
+    a = (-s * s + np.sqrt(s**4 + 4 * A * k_star)) / (2 * A)
+    want = np.log(a * a / (1 - a * a)) - np.log(aT * aT / (sT * sT))
+    g = fit_grid(DDIM(1), sf, SDE, jax.random.key(0), (1,), n_fit=32, maxiter=30, decouple=True,
+                 init=FittedGrid(jnp.array([0.0, 1.0]), eval_shifts=jnp.array([9.0])))
+    assert g.info["decouple"] and g.info["mse_fit"] < 1e-6, g.info
+    np.testing.assert_allclose(float(g.eval_shifts[0]), want, atol=2e-3)
+    x = SDE.prior_sample(jax.random.key(5), (256, 1))
+    y = sample(DDIM(1, grid=g), sf, SDE, jax.random.key(0), x).samples
+    np.testing.assert_allclose(np.asarray(y), c_star * np.asarray(x), atol=5e-4)

@@ -40,6 +40,13 @@ class AbstractTimeGrid(eqx.Module):
     def __call__(self, sde: AbstractSDE, n_steps: int, dtype=jnp.float32) -> Array:
         """Times t_0 = T > ... > t_n = eps."""
 
+    def with_eval_times(self, sde: AbstractSDE, n_steps: int, dtype=jnp.float32):
+        """(ts, t_eval): the grid, and the n_steps times at which a multistep solver
+        evaluates the model on its steps t_i -> t_{i+1}, or None for t_i itself (every grid
+        here but a `FittedGrid` fitted with `decouple=True`). Only the multistep solvers
+        ask for t_eval; other samplers call the grid, which a decoupled grid refuses."""
+        return self(sde, n_steps, dtype), None
+
 
 class UniformTimeGrid(AbstractTimeGrid):
     """t_i = T + (i / n) (eps - T), i = 0..n (Song et al. 2021).

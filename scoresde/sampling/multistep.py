@@ -34,7 +34,9 @@ the SDE and grid are concrete (the compiled program then holds only the loop) an
 jax.numpy when they are traced (an SDE passed through jit, a grid fitted by gradient:
 the history before t_0 is extrapolated so every formed order stays finite). The loop is
 a lax.scan under jit or grad; called eagerly it is a Python loop over one compiled step
-that every solver and step count shares. Samplers:
+that every solver and step count shares. A grid may decouple the evaluation times from
+the steps (`FittedGrid` from `fit_grid(decouple=True)`): m_i is then evaluated at a time
+t'_i of its own (x_i unchanged) and the weights stay those of the grid t_i. Samplers:
 
 * `DPMSolverPP`: DPM-Solver++ multistep (Lu et al. 2022), orders 1-3, data prediction.
 * `UniPC`: UniP-p predictor (or the DPM-Solver++ update) + UniC corrector (Zhao et al. 2023,
@@ -145,7 +147,7 @@ class _Steps(NamedTuple):
 
 @eqx.filter_jit
 def _grid_times(grid, sde, n: int, dtype):
-    return grid(sde, n, dtype)
+    return grid.with_eval_times(sde, n, dtype)
 
 
 @eqx.filter_jit
@@ -162,15 +164,16 @@ def _on_grid(sde, ts: Array):
 
 
 def _schedule(grid, sde, n: int, dtype):
-    """(lambda, ts, alpha, sigma, quad_t, quad_dsh) on the grid of n steps, concrete when the
-    SDE and grid are. A concrete grid is padded to a power-of-two length for `_on_grid`, so
-    that every step count compiles only the grid itself."""
-    ts = _grid_times(grid, sde, n, dtype)
+    """((lambda, ts, alpha, sigma, quad_t, quad_dsh) on the grid of n steps, t_eval): the
+    schedule, concrete when the SDE and grid are, and the grid's evaluation times (None: the
+    step's start t_i; `AbstractTimeGrid.with_eval_times`). A concrete grid is padded to a
+    power-of-two length for `_on_grid`, so that every step count compiles only the grid."""
+    ts, t_eval = _grid_times(grid, sde, n, dtype)
     if _traced(ts, sde):
-        return _on_grid(sde, ts)
+        return _on_grid(sde, ts), t_eval
     size = max(8, 1 << n.bit_length())  # >= n + 1
     out = _on_grid(sde, jnp.asarray(np.pad(np.asarray(ts), (0, size - n - 1), mode="edge")))
-    return tuple(a[..., :n + 1] if a.ndim == 1 else a[..., :n] for a in map(np.asarray, out))
+    return tuple(a[..., :n + 1] if a.ndim == 1 else a[..., :n] for a in map(np.asarray, out)), t_eval
 
 
 def _steps(xp, schedule, n_hist: int) -> _Steps:
@@ -229,21 +232,22 @@ def _step(score_fn, sde, cond, data_prediction, carry, inp):
 _compiled_step = eqx.filter_jit(_step)
 
 
-def _multistep_loop(score_fn, sde, x_T, ts, cond, pred, corr, data_prediction: bool,
+def _multistep_loop(score_fn, sde, x_T, t_eval, cond, pred, corr, data_prediction: bool,
                     save_trajectory: bool):
-    """Run `_step` over the grid ts: one lax.scan when anything is traced (inside jit or
-    grad), else a Python loop over one compiled step, which every solver and step count
-    with this score function, SDE and batch shape shares (the weights are inputs).
-    Returns (x_n, trajectory (n + 1, ...) or None)."""
+    """Run `_step` over the n steps whose model evaluations are at t_eval (n,) (the steps'
+    start times t_0..t_{n-1}, or a decoupled grid's evaluation times): one lax.scan when
+    anything is traced (inside jit or grad), else a Python loop over one compiled step,
+    which every solver and step count with this score function, SDE and batch shape shares
+    (the weights are inputs). Returns (x_n, trajectory (n + 1, ...) or None)."""
     carry = (x_T, x_T, jnp.zeros((_MAX_HIST,) + x_T.shape, x_T.dtype))
     flag = jnp.asarray(data_prediction)
-    if _traced(x_T, ts, pred, corr, cond):
+    if _traced(x_T, t_eval, pred, corr, cond):
         (x, _, _), ys = jax.lax.scan(lambda c, inp: _step(score_fn, sde, cond, flag, c, inp), carry,
-                                     (ts[:-1], pred, corr))
+                                     (t_eval, pred, corr))
     else:
         ys = []
-        for i in range(ts.shape[0] - 1):
-            carry, y = _compiled_step(score_fn, sde, cond, flag, carry, (ts[i], pred[i], corr[i]))
+        for i in range(t_eval.shape[0]):
+            carry, y = _compiled_step(score_fn, sde, cond, flag, carry, (t_eval[i], pred[i], corr[i]))
             ys.append(y)
         x = carry[0]
         ys = jnp.asarray(np.stack(ys)) if save_trajectory else None
@@ -446,18 +450,19 @@ def _grid_steps(smp) -> int:
 
 
 def _start(smp, score_fn, sde, x_T, cond, save_trajectory):
-    """(None, the schedule of the sampler's steps on its grid, their number n_solve) with
-    n_solve = n_steps, or n_steps - 1 for final="denoise"; for n_solve = 0 (one
-    evaluation, at T) (the sampler's result with Tweedie's estimate D(x_T, T), None, 0)."""
+    """(None, the schedule of the sampler's steps on its grid, the grid's evaluation times
+    or None (`_schedule`), their number n_solve) with n_solve = n_steps, or n_steps - 1 for
+    final="denoise"; for n_solve = 0 (one evaluation, at T) (the sampler's result with
+    Tweedie's estimate D(x_T, T), None, None, 0)."""
     n, n_solve = smp.n_steps, _grid_steps(smp)
     if n_solve == 0:
         x = tweedie_denoise(score_fn, sde, x_T, sde.T, cond)
-        return (x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)), None, 0
+        return (x, jnp.asarray(n), (_append(x_T[None], x) if save_trajectory else None)), None, None, 0
     args = (smp.grid, sde, n_solve, jnp.dtype(x_T.dtype))
     if _traced(x_T, cond):  # inside jit: concrete all the same when the SDE and grid are
         with jax.ensure_compile_time_eval():
-            return None, _schedule(*args), n_solve
-    return None, _schedule(*args), n_solve  # compiled programs (ensure_compile_time_eval would run them op by op)
+            return None, *_schedule(*args), n_solve
+    return None, *_schedule(*args), n_solve  # compiled programs (ensure_compile_time_eval would run them op by op)
 
 
 class AbstractMultistepSampler(AbstractSampler):
@@ -498,13 +503,17 @@ class AbstractMultistepSampler(AbstractSampler):
     def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         del keys  # deterministic
         plan = self._plan()
-        done, schedule, n_ode = _start(self, score_fn, sde, x_T, cond, save_trajectory)
+        done, schedule, t_eval, n_ode = _start(self, score_fn, sde, x_T, cond, save_trajectory)
         if done is not None:
             return done
         rule = plan.reference_rule if self.lower_order_final is None else self.lower_order_final
         orders = _step_orders(plan.max_order, n_ode, rule)
         ts, pred, corr = _loop_weights(plan, schedule, orders, x_T.dtype)
-        x, traj = _multistep_loop(score_fn, sde, x_T, ts, cond, pred, corr, plan.data_prediction,
+        if t_eval is None:
+            t_eval = ts[:-1]
+        else:  # a decoupled grid's evaluation times, in numpy as ts when concrete
+            t_eval = t_eval.astype(x_T.dtype) if _traced(t_eval) else np.asarray(t_eval, x_T.dtype)
+        x, traj = _multistep_loop(score_fn, sde, x_T, t_eval, cond, pred, corr, plan.data_prediction,
                                   save_trajectory)
         if self.final == "denoise":
             x = tweedie_denoise(score_fn, sde, x, ts[-1], cond)

@@ -163,9 +163,14 @@ class SDEDPMSolverPP(AbstractSampler):
 
     def run(self, score_fn, sde, keys, x_T, cond, save_trajectory):
         # one evaluation (n_sde = 0): Tweedie's estimate D(x_T, T), no step, no noise
-        done, schedule, n_sde = _start(self, score_fn, sde, x_T, cond, save_trajectory)
+        done, schedule, t_eval, n_sde = _start(self, score_fn, sde, x_T, cond, save_trajectory)
         if done is not None:
             return done
+        if t_eval is not None:
+            raise ValueError(f"grid: {type(self.grid).__name__} decouples the model's evaluation times from the "
+                             "steps (fit_grid(decouple=True)), which the deterministic multistep solvers (UniPC, "
+                             "DPMSolverPP, DEIS, IPNDM, DDIM) apply and SDEDPMSolverPP does not; fit this sampler's "
+                             "grid with decouple=False.")
         etas = _step_etas(schedule[1], float(self.eta), self.t_noise)
         plan = _Plan(True, _dpmpp_eta_update(etas), self.solver_order, None, "below_10",
                      "solver_order (SDE-DPM-Solver++)", (1, 2, 3))
