@@ -22,7 +22,11 @@ t, BFGS 100 iterations) are fitted once per case and NFE 5, 10, 20 with the rare
 screening of fit_grid (FIT_KWARGS: 40000 screening noises, key 1000 + NFE; every noise a
 fitted grid leaves farther than 1 from its reference plus 2048 others, importance-weighted;
 3 rounds; the start chosen on 40000 further validation noises), by `--refit` (minutes each
-on 2 cores), and committed as JSON under experiments/benchmarks/grids/; the benchmark's noise
+on 2 cores), and committed as JSON under experiments/benchmarks/grids/, each in two variants:
+the plain grid (its n + 1 times) and the decoupled one (fit_grid(decouple=True): also the
+time of each step's evaluation, as a log-SNR shift; files *_decoupled.json, rows 'decoupled
+grid fitted on ...'; the same key and validation noises, so `--refit --fit_variants
+decoupled` leaves the plain grids as they are); the benchmark's noise
 is key 0, 1, 2 for A, B, C. The default run loads them and evaluates them on the benchmark's
 fresh noise, never on their own (a missing file is fitted and saved first). Each case also runs the grids fitted on the other
 two cases ('grid fitted on B'): a configuration tuned on one mixture, measured on one it was
@@ -145,32 +149,38 @@ def fmt(v, spec=".3g"):
     return "NaN" if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def grid_path(case, nfe):
-    return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}.json")
+def grid_path(case, nfe, decoupled=False):
+    return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}{'_decoupled' if decoupled else ''}.json")
 
 
-def fit_case_grid(case, nfe, log):
-    """Fit the UniPC bh2-3 grid of `case` at `nfe` (screened, FIT_KWARGS, key 1000 + nfe) and save it."""
+def grid_label(decoupled):
+    return "decoupled grid" if decoupled else "grid"
+
+
+def fit_case_grid(case, nfe, log, decoupled=False):
+    """Fit the UniPC bh2-3 grid of `case` at `nfe` (screened, FIT_KWARGS, key 1000 + nfe; with
+    `decoupled`, also the evaluation times: fit_grid(decouple=True)) and save it."""
     gm = CASES[case]()
     t1 = time.perf_counter()
     grid = S.fit_grid(CONFIGS[FIT_CONFIG](nfe), gm.score_fn(SDE), SDE, jax.random.key(1000 + nfe), (gm.dim,),
-                      **FIT_KWARGS)
+                      decouple=decoupled, **FIT_KWARGS)
     info = dict(grid.info, case=case, fit_seconds=round(time.perf_counter() - t1, 1),
                 config=FIT_CONFIG + " (grid replaced)", sde="VPSDE(0.1, 20, eps=1e-3)")
-    grid = S.FittedGrid(grid.fractions, json.dumps(info))
+    grid = S.FittedGrid(grid.fractions, json.dumps(info), eval_shifts=grid.eval_shifts)
     os.makedirs(GRIDS, exist_ok=True)
-    grid.save(grid_path(case, nfe))
-    log(f"[{case}] fitted the NFE {nfe} grid in {info['fit_seconds']:.0f} s from {info['start']}: "
+    path = grid_path(case, nfe, decoupled)
+    grid.save(path)
+    log(f"[{case}] fitted the NFE {nfe} {grid_label(decoupled)} in {info['fit_seconds']:.0f} s from {info['start']}: "
         f"fit loss {info['mse_fit']:.4g} (starts {', '.join(f'{k} {v:.4g}' for k, v in info['mse_inits'].items())})"
-        f" -> {grid_path(case, nfe)}")
+        f" -> {path}")
     return grid
 
 
-def load_grid(case, nfe, log):
-    path = grid_path(case, nfe)
+def load_grid(case, nfe, log, decoupled=False):
+    path = grid_path(case, nfe, decoupled)
     if not os.path.exists(path):
         log(f"[{case}] no fitted grid at {path}: fitting it now (run --refit --fit_only to do this apart)")
-        return fit_case_grid(case, nfe, log)
+        return fit_case_grid(case, nfe, log, decoupled)
     grid = S.FittedGrid.load(path)
     if grid.info.get("fit_key") == np.asarray(jax.random.key_data(jax.random.key(EVAL_KEY[case]))).tolist():
         raise ValueError(f"{path} was fitted on the benchmark's own noise (key {EVAL_KEY[case]}); refit it with "
@@ -194,7 +204,7 @@ def float32_floor(case, x_T, metrics, log):
 
 
 def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
-    """All configurations on `case`; `grids[(fit_case, nfe)]` are the fitted grids to run."""
+    """All configurations on `case`; `grids[(fit_case, nfe, decoupled)]` are the fitted grids to run."""
     gm = CASES[case]()
     score = gm.score_fn(SDE)
     x_T = SDE.prior_sample(jax.random.key(EVAL_KEY[case]), (n, gm.dim))
@@ -226,9 +236,9 @@ def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
             evaluate(name, make(nfe), nfe)
         if nfe in fit_nfes:
             base = CONFIGS[FIT_CONFIG](nfe)
-            for fit_case in sorted({c for c, k in grids if k == nfe}, key=lambda c: (c != case, c)):
-                grid = grids[(fit_case, nfe)]
-                label = f"{FIT_NAME}, grid fitted on {fit_case}" + (" (own)" if fit_case == case else "")
+            for fit_case, dec in sorted({(c, d) for c, k, d in grids if k == nfe}, key=lambda c: (c[0] != case, c)):
+                grid = grids[(fit_case, nfe, dec)]
+                label = f"{FIT_NAME}, {grid_label(dec)} fitted on {fit_case}" + (" (own)" if fit_case == case else "")
                 evaluate(label, eqx.tree_at(lambda s: s.grid, base, grid), nfe,
                          math.sqrt(grid.info["mse_fit"]) if fit_case == case else None)
     if floor:
@@ -387,6 +397,30 @@ def comparison(rows, pop=None):
     return "\n".join(lines), why
 
 
+def variant_choice(grids, rows):
+    """Per case and NFE with both fitted variants: the one whose chosen start has the lower mean
+    squared error on fit_grid's validation noises (the same noises for both: same key), and the one
+    with the lower paired RMSE on the benchmark's draw, to show whether the choice needs the latter."""
+    out = []
+    for c, k in sorted({(c, k) for c, k, _ in grids}):
+        if (c, k, False) not in grids or (c, k, True) not in grids:
+            continue
+        val = {dec: grids[(c, k, dec)].info.get("mse_validate", {}).get(grids[(c, k, dec)].info["start"])
+               for dec in (False, True)}
+        own = {dec: next((r["rmse"] for r in rows if r["case"] == c and r["budget"] == k
+                          and r["sampler"] == f"{FIT_NAME}, {grid_label(dec)} fitted on {c} (own)"), None)
+               for dec in (False, True)}
+        if None in val.values() or None in own.values():
+            continue
+        by_val, by_rmse = min(val, key=val.get), min(own, key=own.get)
+        name = {False: "plain", True: "decoupled"}
+        out.append(f"- {c}, NFE {k}: on the validation noises the {name[by_val]} grid wins (mean squared error "
+                   f"{val[False]:.4g} plain / {val[True]:.4g} decoupled); on the benchmark's draw the "
+                   f"{name[by_rmse]} grid (RMSE {own[False]:.3g} / {own[True]:.3g})"
+                   + ("" if by_val == by_rmse else " -- the two choices differ"))
+    return out
+
+
 def held_out(rows, nfes):
     """The configuration chosen on A and B (lowest geometric-mean paired RMSE over A and B, fitted grids
     excluded: they are per case) and how it ranks on C, which nobody tuned on."""
@@ -425,6 +459,9 @@ def main(argv=None):
     p.add_argument("--nfe", default="5,10,20,50,100")
     p.add_argument("--fit_nfe", default="5,10,20", help="NFEs at which fitted grids run ('' for none)")
     p.add_argument("--refit", action="store_true", help="fit the grids again (minutes each) and overwrite the files")
+    p.add_argument("--fit_variants", default="plain,decoupled",
+                   help="fitted grids to run (and with --refit, to fit): plain (the times), decoupled (also the "
+                        "evaluation times)")
     p.add_argument("--fit_only", action="store_true", help="stop after loading or fitting the grids")
     p.add_argument("--floor_cases", default="B", help="cases whose float32 floor is measured ('' for none)")
     p.add_argument("--no_stochastic", action="store_true", help="skip the predictor-corrector section")
@@ -451,10 +488,15 @@ def main(argv=None):
     def log(s):
         print(s, flush=True)
 
+    variants = [v for v in a.fit_variants.split(",") if v]
+    if set(variants) - {"plain", "decoupled"}:
+        raise ValueError(f"--fit_variants: unknown {sorted(set(variants) - {'plain', 'decoupled'})}; valid: plain, "
+                         "decoupled.")
     grids = {}
     for c in cases:
         for k in fit_nfes:
-            grids[(c, k)] = fit_case_grid(c, k, log) if a.refit else load_grid(c, k, log)
+            for dec in sorted(v == "decoupled" for v in variants):
+                grids[(c, k, dec)] = fit_case_grid(c, k, log, dec) if a.refit else load_grid(c, k, log, dec)
     fit_s = time.perf_counter() - t_start
     if a.fit_only:
         log(f"grids ready in {fit_s:.0f} s (load average at start {load_start}, now {_load()})")
@@ -483,12 +525,19 @@ def main(argv=None):
     def _vals(d):
         return ", ".join(f"{s} {v:.4g}" for s, v in d.items())
 
-    fitted = [f"- {c}, NFE {k}: fitted in {g.info.get('fit_seconds', '?')} s from {g.info['start']}, loss "
+    fitted = [f"- {c}, NFE {k}, {grid_label(dec)}: fitted in {g.info.get('fit_seconds', '?')} s from "
+              f"{g.info['start']}, loss "
               f"{g.info['mse_fit']:.4g} (the starting grids on the final fitting set: {_vals(g.info['mse_inits'])})"
               + (f"; hard noises after each round {g.info['n_hard']}" if "n_hard" in g.info else "")
               + (f"; each start's fitted grid on the validation noises: {_vals(g.info['mse_validate'])}"
                  if "mse_validate" in g.info else "")
-              for (c, k), g in sorted(grids.items())]
+              + (f"; evaluation shifts (log-SNR) {np.round(np.asarray(g.eval_shifts, np.float64), 3).tolist()}"
+                 if g.eval_shifts is not None else "")
+              for (c, k, dec), g in sorted(grids.items())]
+    choice = variant_choice(grids, rows)
+    if choice:
+        fitted += ["", "Plain or decoupled: the choice on fit_grid's validation noises against the one on the "
+                   "benchmark's draw.", ""] + choice
     md = "\n\n".join(x for x in [
         f"# Sampler benchmark (`python -m experiments.benchmarks.samplers{' --quick' if a.quick else ''}"
         f"{' --refit' if a.refit else ''}`)",
