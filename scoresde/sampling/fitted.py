@@ -304,6 +304,7 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
         return jnp.mean(sq if scale is None else scale * sq)
 
     loss_jit = jax.jit(loss)
+
     def theta_of(g):  # a grid's parameters: log(diff(u)), and with decouple its shifts (0 where it has none)
         theta = jnp.log(jnp.maximum(jnp.diff(log_snr_fractions(sde, g.with_eval_times(sde, n, dtype)[0])), 1e-6))
         if not decouple:
