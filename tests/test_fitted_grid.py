@@ -13,6 +13,7 @@ import pytest
 
 from scoresde import (DDIM, DPMSolverPP, EDMHeun, FittedGrid, GaussianMixture, ProbabilityFlowODE, SDEDPMSolverPP,
                       UniformTimeGrid, UniPC, VPSDE, fit_grid, sample)
+from scoresde.parameterization import score_from_x0, x0_from_score
 from scoresde.sampling.fitted import _VALIDATE_STREAM
 
 SDE = VPSDE()
@@ -179,8 +180,7 @@ def test_decoupled_grid_evaluates_the_model_at_its_shifted_times(case, tmp_path)
 
     def moved(x, t):  # the score at t_i whose Tweedie denoiser is D(x, t'_i)
         te = jnp.broadcast_to(t_eval[jnp.argmin(jnp.abs(ts[:-1] - t[0]))], t.shape)
-        d = (x + SDE.sigma(te)[:, None] ** 2 * sf(x, te)) / SDE.alpha(te)[:, None]
-        return (SDE.alpha(t)[:, None] * d - x) / SDE.sigma(t)[:, None] ** 2
+        return score_from_x0(SDE, x, t, x0_from_score(SDE, x, te, sf(x, te)))
 
     out = sample(UniPC(3, grid=grid), sf, SDE, jax.random.key(0), x_T).samples
     want = sample(UniPC(3, grid=FittedGrid(u)), moved, SDE, jax.random.key(0), x_T).samples

@@ -153,8 +153,16 @@ def grid_path(case, nfe, decoupled=False):
     return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}{'_decoupled' if decoupled else ''}.json")
 
 
+FIT_VARIANTS = {"plain": False, "decoupled": True}  # --fit_variants: fit_grid's decouple
+
+
 def grid_label(decoupled):
     return "decoupled grid" if decoupled else "grid"
+
+
+def fitted_label(fit_case, decoupled, case):
+    """The row name of a fitted grid of `fit_case` run on `case`."""
+    return f"{FIT_NAME}, {grid_label(decoupled)} fitted on {fit_case}" + (" (own)" if fit_case == case else "")
 
 
 def fit_case_grid(case, nfe, log, decoupled=False):
@@ -238,8 +246,7 @@ def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
             base = CONFIGS[FIT_CONFIG](nfe)
             for fit_case, dec in sorted({(c, d) for c, k, d in grids if k == nfe}, key=lambda c: (c[0] != case, c)):
                 grid = grids[(fit_case, nfe, dec)]
-                label = f"{FIT_NAME}, {grid_label(dec)} fitted on {fit_case}" + (" (own)" if fit_case == case else "")
-                evaluate(label, eqx.tree_at(lambda s: s.grid, base, grid), nfe,
+                evaluate(fitted_label(fit_case, dec, case), eqx.tree_at(lambda s: s.grid, base, grid), nfe,
                          math.sqrt(grid.info["mse_fit"]) if fit_case == case else None)
     if floor:
         rows.append(float32_floor(case, x_T, metrics, log))
@@ -408,12 +415,12 @@ def variant_choice(grids, rows):
         val = {dec: grids[(c, k, dec)].info.get("mse_validate", {}).get(grids[(c, k, dec)].info["start"])
                for dec in (False, True)}
         own = {dec: next((r["rmse"] for r in rows if r["case"] == c and r["budget"] == k
-                          and r["sampler"] == f"{FIT_NAME}, {grid_label(dec)} fitted on {c} (own)"), None)
+                          and r["sampler"] == fitted_label(c, dec, c)), None)
                for dec in (False, True)}
         if None in val.values() or None in own.values():
             continue
         by_val, by_rmse = min(val, key=val.get), min(own, key=own.get)
-        name = {False: "plain", True: "decoupled"}
+        name = {dec: v for v, dec in FIT_VARIANTS.items()}
         out.append(f"- {c}, NFE {k}: on the validation noises the {name[by_val]} grid wins (mean squared error "
                    f"{val[False]:.4g} plain / {val[True]:.4g} decoupled); on the benchmark's draw the "
                    f"{name[by_rmse]} grid (RMSE {own[False]:.3g} / {own[True]:.3g})"
@@ -489,13 +496,13 @@ def main(argv=None):
         print(s, flush=True)
 
     variants = [v for v in a.fit_variants.split(",") if v]
-    if set(variants) - {"plain", "decoupled"}:
-        raise ValueError(f"--fit_variants: unknown {sorted(set(variants) - {'plain', 'decoupled'})}; valid: plain, "
-                         "decoupled.")
+    if set(variants) - set(FIT_VARIANTS):
+        raise ValueError(f"--fit_variants: unknown {sorted(set(variants) - set(FIT_VARIANTS))}; valid: "
+                         f"{', '.join(FIT_VARIANTS)}.")
     grids = {}
     for c in cases:
         for k in fit_nfes:
-            for dec in sorted(v == "decoupled" for v in variants):
+            for dec in sorted(FIT_VARIANTS[v] for v in variants):
                 grids[(c, k, dec)] = fit_case_grid(c, k, log, dec) if a.refit else load_grid(c, k, log, dec)
     fit_s = time.perf_counter() - t_start
     if a.fit_only:

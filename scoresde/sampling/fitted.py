@@ -96,8 +96,8 @@ from jax.scipy.optimize import minimize
 from scoresde._types import Array, PyTree, ScoreFn
 from scoresde._util import check_steps
 from scoresde.sampling.base import AbstractSampler, sample
-from scoresde.sampling.grids import (AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid, log_snr_fractions,
-                                     times_from_fractions)
+from scoresde.sampling.grids import (DECOUPLED_SOLVERS, AbstractTimeGrid, EDMGrid, LogSNRGrid, UniformTimeGrid,
+                                     log_snr_fractions, times_from_fractions)
 from scoresde.sampling.fewstep import DDIM
 from scoresde.sampling.multistep import AbstractMultistepSampler
 from scoresde.sampling.ode import ProbabilityFlowODE
@@ -148,9 +148,9 @@ class FittedGrid(AbstractTimeGrid):
     def __call__(self, sde, n_steps, dtype=jnp.float32):
         if self.eval_shifts is not None:
             raise ValueError("this FittedGrid was fitted with decouple=True: its model evaluations are at times of "
-                             "their own (eval_shifts), which only the deterministic multistep solvers (UniPC, "
-                             "DPMSolverPP, DEIS, IPNDM, DDIM) apply; use it with one of them, or fit this "
-                             "sampler's grid with decouple=False.")
+                             f"their own (eval_shifts), which only the deterministic multistep solvers "
+                             f"({DECOUPLED_SOLVERS}) apply; use it with one of them, or fit this sampler's grid with "
+                             "decouple=False.")
         return self._times(sde, n_steps, dtype)
 
     def _times(self, sde, n_steps, dtype):
@@ -259,8 +259,8 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
                         f"{type(sampler).__name__}.")
     if decouple and not isinstance(sampler, (AbstractMultistepSampler, DDIM)):
         raise ValueError(f"decouple=True fits evaluation times that only the deterministic multistep solvers "
-                         f"(UniPC, DPMSolverPP, DEIS, IPNDM, DDIM) apply, got {type(sampler).__name__}; fit its "
-                         "grid with decouple=False.")
+                         f"({DECOUPLED_SOLVERS}) apply, got {type(sampler).__name__}; fit its grid with "
+                         "decouple=False.")
     check_steps(n_fit, "n_fit")
     if n_screen is not None:
         check_steps(n_screen, "n_screen")

@@ -33,6 +33,10 @@ def _pin_ends(t, sde, pin_start: bool = True):
     return t.at[0].set(sde.T) if pin_start else t
 
 
+# the samplers that apply a decoupled grid's evaluation times (`AbstractTimeGrid.with_eval_times`)
+DECOUPLED_SOLVERS = "UniPC, DPMSolverPP, DEIS, IPNDM, DDIM"
+
+
 class AbstractTimeGrid(eqx.Module):
     """A decreasing time grid from T to eps: `grid(sde, n_steps) -> (n_steps + 1,)`."""
 

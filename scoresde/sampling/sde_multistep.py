@@ -48,7 +48,7 @@ import numpy as np
 from scoresde._util import batch_time, call_score, normal_like
 from scoresde.parameterization import x0_from_score
 from scoresde.sampling.base import AbstractSampler, tweedie_denoise
-from scoresde.sampling.grids import AbstractTimeGrid, LogSNRGrid
+from scoresde.sampling.grids import DECOUPLED_SOLVERS, AbstractTimeGrid, LogSNRGrid
 from scoresde.sampling.multistep import (
     _MAX_HIST, _append, _check_choice, _check_steps_and_endings, _dpmpp_eta_update, _grid_steps, _loop_weights, _Plan,
     _start, _step_orders, _traced,
@@ -168,9 +168,9 @@ class SDEDPMSolverPP(AbstractSampler):
             return done
         if t_eval is not None:
             raise ValueError(f"grid: {type(self.grid).__name__} decouples the model's evaluation times from the "
-                             "steps (fit_grid(decouple=True)), which the deterministic multistep solvers (UniPC, "
-                             "DPMSolverPP, DEIS, IPNDM, DDIM) apply and SDEDPMSolverPP does not; fit this sampler's "
-                             "grid with decouple=False.")
+                             f"steps (fit_grid(decouple=True)), which the deterministic multistep solvers "
+                             f"({DECOUPLED_SOLVERS}) apply and SDEDPMSolverPP does not; fit this sampler's grid with "
+                             "decouple=False.")
         etas = _step_etas(schedule[1], float(self.eta), self.t_noise)
         plan = _Plan(True, _dpmpp_eta_update(etas), self.solver_order, None, "below_10",
                      "solver_order (SDE-DPM-Solver++)", (1, 2, 3))
