@@ -201,14 +201,36 @@ def test_decoupled_grid_evaluates_the_model_at_its_shifted_times(case, tmp_path)
         fit_grid(EDMHeun(3), sf, SDE, jax.random.key(1), (2,), n_fit=8, decouple=True)
 
 
-def test_decoupled_one_step_ddim_fits_the_exact_gaussian_map():
+def test_late_shifts_hold_the_grid_and_leave_the_early_steps(case):
+    """fit_grid(decouple=True, shift_min_log_snr=-5) from the fitted grid: its times stay, the
+    first step (at log-SNR(T) ~ -10) keeps shift 0, the later steps' shifts are fitted: the loss
+    on the fitting noises falls from 0.46 to 0.06, the RMSE on fresh noise from 0.60 to 0.32."""
+    sf, smp, grid, x_T, ref = case
+    g = fit_grid(smp, sf, SDE, jax.random.key(1), (2,), n_fit=64, init=FittedGrid(grid.fractions), maxiter=30,
+                 decouple=True, shift_min_log_snr=-5.0)
+    np.testing.assert_allclose(np.asarray(g.fractions), np.asarray(grid.fractions), atol=1e-6)
+    lam = np.asarray(SDE.log_snr(g.with_eval_times(SDE, 3)[0][:-1]))
+    d = np.asarray(g.eval_shifts)
+    assert lam[0] < -5 <= lam[1], lam
+    assert d[0] == 0.0 and np.all(np.abs(d[1:]) > 1e-3), d
+    assert g.info["mse_fit"] < 0.5 * g.info["mse_inits"]["FittedGrid"], g.info
+    before = _rmse(sample(DDIM(3, grid=grid), sf, SDE, jax.random.key(0), x_T).samples, ref)
+    after = _rmse(sample(DDIM(3, grid=g), sf, SDE, jax.random.key(0), x_T).samples, ref)
+    assert after < 0.75 * before, (before, after)
+
+
+@pytest.mark.parametrize("shift_min_log_snr", [None, -20.0, 0.0])
+def test_decoupled_one_step_ddim_fits_the_exact_gaussian_map(shift_min_log_snr):
     """Gaussian data N(0, s^2) in 1-D: the probability-flow map T -> eps is x -> c* x with
     c* = sqrt(alpha_eps^2 s^2 + sigma_eps^2) / sqrt(alpha_T^2 s^2 + sigma_T^2), and one DDIM step
     with its evaluation at t' gives x -> (sigma_eps/sigma_T + alpha_eps (1 - e^-h) k(t')) x,
     k = alpha' s^2 / (alpha'^2 s^2 + sigma'^2), increasing in alpha' for s < 1: a single shift
     makes the step exact, at the root of k(t') = k*. The decoupled fit finds that shift (the
     plain one-step grid has nothing to fit and stays at RMSE ~0.5). Started at shift 9 (the
-    root is at ~11.1): at t = T the loss is concave in the shift, and no line search descends."""
+    root is at ~11.1): at t = T the loss is concave in the shift, and no line search descends.
+    shift_min_log_snr = -20 (below log_snr(T) ~ -10: the step gets a shift, fitted with the
+    grid held fixed) finds the same root; 0 (the step starts below it) keeps the shift at 0,
+    the plain one-step map."""
     s = 0.5
     gm = GaussianMixture.isotropic(jnp.array([1.0]), jnp.zeros((1, 1)), jnp.array([s * s]))
     sf = gm.score_fn(SDE)
@@ -221,8 +243,15 @@ def test_decoupled_one_step_ddim_fits_the_exact_gaussian_map():
     a = (-s * s + np.sqrt(s**4 + 4 * A * k_star)) / (2 * A)
     want = np.log(a * a / (1 - a * a)) - np.log(aT * aT / (sT * sT))
     g = fit_grid(DDIM(1), sf, SDE, jax.random.key(0), (1,), n_fit=32, maxiter=30, decouple=True,
-                 init=FittedGrid(jnp.array([0.0, 1.0]), eval_shifts=jnp.array([9.0])))
-    assert g.info["decouple"] and g.info["mse_fit"] < 1e-6, g.info
+                 init=FittedGrid(jnp.array([0.0, 1.0]), eval_shifts=jnp.array([9.0])),
+                 shift_min_log_snr=shift_min_log_snr)
+    assert g.info["decouple"] and g.info.get("shift_min_log_snr") == shift_min_log_snr, g.info
+    if shift_min_log_snr == 0.0:
+        assert float(g.eval_shifts[0]) == 0.0 and g.info["mse_fit"] > 0.1, g.info
+        with pytest.raises(ValueError, match="shift_min_log_snr=0.0: .* needs decouple=True"):
+            fit_grid(DDIM(1), sf, SDE, jax.random.key(0), (1,), n_fit=32, shift_min_log_snr=0.0)
+        return
+    assert g.info["mse_fit"] < 1e-6, g.info
     np.testing.assert_allclose(float(g.eval_shifts[0]), want, atol=2e-3)
     x = SDE.prior_sample(jax.random.key(5), (256, 1))
     y = sample(DDIM(1, grid=g), sf, SDE, jax.random.key(0), x).samples
