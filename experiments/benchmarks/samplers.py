@@ -22,11 +22,15 @@ t, BFGS 100 iterations) are fitted once per case and NFE 5, 10, 20 with the rare
 screening of fit_grid (FIT_KWARGS: 40000 screening noises, key 1000 + NFE; every noise a
 fitted grid leaves farther than 1 from its reference plus 2048 others, importance-weighted;
 3 rounds; the start chosen on 40000 further validation noises), by `--refit` (minutes each
-on 2 cores), and committed as JSON under experiments/benchmarks/grids/, each in two variants:
-the plain grid (its n + 1 times) and the decoupled one (fit_grid(decouple=True): also the
-time of each step's evaluation, as a log-SNR shift; files *_decoupled.json, rows 'decoupled
-grid fitted on ...'; the same key and validation noises, so `--refit --fit_variants
-decoupled` leaves the plain grids as they are); the benchmark's noise
+on 2 cores), and committed as JSON under experiments/benchmarks/grids/, each in three
+variants (FIT_VARIANTS; the same key and validation noises, so `--refit --fit_variants V`
+leaves the others as they are, except that lateshift starts from the plain file): the plain
+grid (its n + 1 times; restarts=3: the fit repeated on 3 sets of fitting noises, the
+validation noises choosing among all); the decoupled one (fit_grid(decouple=True): also the time of each
+step's evaluation, as a log-SNR shift; files *_decoupled.json, rows 'decoupled grid fitted on
+...'); and lateshift (the plain grid's times held, and the evaluation shifts of its steps from
+log-SNR 0 on fitted: fit_grid(decouple=True, shift_min_log_snr=0); files *_lateshift.json,
+rows 'grid + shifts at log-SNR >= 0 fitted on ...'); the benchmark's noise
 is key 0, 1, 2 for A, B, C. The default run loads them and evaluates them on the benchmark's
 fresh noise, never on their own (a missing file is fitted and saved first). Each case also runs the grids fitted on the other
 two cases ('grid fitted on B'): a configuration tuned on one mixture, measured on one it was
@@ -149,46 +153,60 @@ def fmt(v, spec=".3g"):
     return "NaN" if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def grid_path(case, nfe, decoupled=False):
-    return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}{'_decoupled' if decoupled else ''}.json")
+# --fit_variants: name -> (file suffix, row label, fit_grid keywords beyond FIT_KWARGS). 'plain'
+# repeats its fit on 3 sets of fitting noises (restarts=3; the validation noises choose among
+# the 3 x 3 fitted grids, restart 0 being the single fit), the decoupled fit, 2-3 times
+# costlier, runs once. 'lateshift' starts from the plain grid of the same case and NFE (fitted
+# first where missing), holds its times and fits the evaluation shifts of the steps from
+# log-SNR 0 on (noise below the signal), where B's modes are already decided (between log-SNR
+# -1.8 and -1.2 on uniform t at NFE 20, see the results' notes).
+FIT_VARIANTS = {
+    "plain": ("", "grid", dict(restarts=3)),
+    "decoupled": ("_decoupled", "decoupled grid", dict(decouple=True)),
+    "lateshift": ("_lateshift", "grid + shifts at log-SNR >= 0", dict(decouple=True, shift_min_log_snr=0.0)),
+}
 
 
-FIT_VARIANTS = {"plain": False, "decoupled": True}  # --fit_variants: fit_grid's decouple
+def grid_path(case, nfe, variant="plain"):
+    return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}{FIT_VARIANTS[variant][0]}.json")
 
 
-def grid_label(decoupled):
-    return "decoupled grid" if decoupled else "grid"
+def grid_label(variant):
+    return FIT_VARIANTS[variant][1]
 
 
-def fitted_label(fit_case, decoupled, case):
+def fitted_label(fit_case, variant, case):
     """The row name of a fitted grid of `fit_case` run on `case`."""
-    return f"{FIT_NAME}, {grid_label(decoupled)} fitted on {fit_case}" + (" (own)" if fit_case == case else "")
+    return f"{FIT_NAME}, {grid_label(variant)} fitted on {fit_case}" + (" (own)" if fit_case == case else "")
 
 
-def fit_case_grid(case, nfe, log, decoupled=False):
-    """Fit the UniPC bh2-3 grid of `case` at `nfe` (screened, FIT_KWARGS, key 1000 + nfe; with
-    `decoupled`, also the evaluation times: fit_grid(decouple=True)) and save it."""
+def fit_case_grid(case, nfe, log, variant="plain"):
+    """Fit the UniPC bh2-3 grid of `case` at `nfe` (screened, FIT_KWARGS, key 1000 + nfe) in one of
+    FIT_VARIANTS and save it."""
     gm = CASES[case]()
+    kwargs = dict(FIT_KWARGS, **FIT_VARIANTS[variant][2])
+    if variant == "lateshift":
+        kwargs["init"] = S.FittedGrid(load_grid(case, nfe, log, "plain").fractions)
     t1 = time.perf_counter()
     grid = S.fit_grid(CONFIGS[FIT_CONFIG](nfe), gm.score_fn(SDE), SDE, jax.random.key(1000 + nfe), (gm.dim,),
-                      decouple=decoupled, **FIT_KWARGS)
+                      **kwargs)
     info = dict(grid.info, case=case, fit_seconds=round(time.perf_counter() - t1, 1),
                 config=FIT_CONFIG + " (grid replaced)", sde="VPSDE(0.1, 20, eps=1e-3)")
     grid = S.FittedGrid(grid.fractions, json.dumps(info), eval_shifts=grid.eval_shifts)
     os.makedirs(GRIDS, exist_ok=True)
-    path = grid_path(case, nfe, decoupled)
+    path = grid_path(case, nfe, variant)
     grid.save(path)
-    log(f"[{case}] fitted the NFE {nfe} {grid_label(decoupled)} in {info['fit_seconds']:.0f} s from {info['start']}: "
+    log(f"[{case}] fitted the NFE {nfe} {grid_label(variant)} in {info['fit_seconds']:.0f} s from {info['start']}: "
         f"fit loss {info['mse_fit']:.4g} (starts {', '.join(f'{k} {v:.4g}' for k, v in info['mse_inits'].items())})"
         f" -> {path}")
     return grid
 
 
-def load_grid(case, nfe, log, decoupled=False):
-    path = grid_path(case, nfe, decoupled)
+def load_grid(case, nfe, log, variant="plain"):
+    path = grid_path(case, nfe, variant)
     if not os.path.exists(path):
         log(f"[{case}] no fitted grid at {path}: fitting it now (run --refit --fit_only to do this apart)")
-        return fit_case_grid(case, nfe, log, decoupled)
+        return fit_case_grid(case, nfe, log, variant)
     grid = S.FittedGrid.load(path)
     if grid.info.get("fit_key") == np.asarray(jax.random.key_data(jax.random.key(EVAL_KEY[case]))).tolist():
         raise ValueError(f"{path} was fitted on the benchmark's own noise (key {EVAL_KEY[case]}); refit it with "
@@ -212,7 +230,7 @@ def float32_floor(case, x_T, metrics, log):
 
 
 def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
-    """All configurations on `case`; `grids[(fit_case, nfe, decoupled)]` are the fitted grids to run."""
+    """All configurations on `case`; `grids[(fit_case, nfe, variant)]` are the fitted grids to run."""
     gm = CASES[case]()
     score = gm.score_fn(SDE)
     x_T = SDE.prior_sample(jax.random.key(EVAL_KEY[case]), (n, gm.dim))
@@ -244,9 +262,11 @@ def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
             evaluate(name, make(nfe), nfe)
         if nfe in fit_nfes:
             base = CONFIGS[FIT_CONFIG](nfe)
-            for fit_case, dec in sorted({(c, d) for c, k, d in grids if k == nfe}, key=lambda c: (c[0] != case, c)):
-                grid = grids[(fit_case, nfe, dec)]
-                evaluate(fitted_label(fit_case, dec, case), eqx.tree_at(lambda s: s.grid, base, grid), nfe,
+            order = list(FIT_VARIANTS)
+            for fit_case, var in sorted({(c, v) for c, k, v in grids if k == nfe},
+                                        key=lambda c: (c[0] != case, c[0], order.index(c[1]))):
+                grid = grids[(fit_case, nfe, var)]
+                evaluate(fitted_label(fit_case, var, case), eqx.tree_at(lambda s: s.grid, base, grid), nfe,
                          math.sqrt(grid.info["mse_fit"]) if fit_case == case else None)
     if floor:
         rows.append(float32_floor(case, x_T, metrics, log))
@@ -410,20 +430,18 @@ def variant_choice(grids, rows):
     with the lower paired RMSE on the benchmark's draw, to show whether the choice needs the latter."""
     out = []
     for c, k in sorted({(c, k) for c, k, _ in grids}):
-        if (c, k, False) not in grids or (c, k, True) not in grids:
+        vs = [v for v in FIT_VARIANTS if (c, k, v) in grids]
+        if len(vs) < 2:
             continue
-        val = {dec: grids[(c, k, dec)].info.get("mse_validate", {}).get(grids[(c, k, dec)].info["start"])
-               for dec in (False, True)}
-        own = {dec: next((r["rmse"] for r in rows if r["case"] == c and r["budget"] == k
-                          and r["sampler"] == fitted_label(c, dec, c)), None)
-               for dec in (False, True)}
+        val = {v: grids[(c, k, v)].info.get("mse_validate", {}).get(grids[(c, k, v)].info["start"]) for v in vs}
+        own = {v: next((r["rmse"] for r in rows if r["case"] == c and r["budget"] == k
+                        and r["sampler"] == fitted_label(c, v, c)), None) for v in vs}
         if None in val.values() or None in own.values():
             continue
         by_val, by_rmse = min(val, key=val.get), min(own, key=own.get)
-        name = {dec: v for v, dec in FIT_VARIANTS.items()}
-        out.append(f"- {c}, NFE {k}: on the validation noises the {name[by_val]} grid wins (mean squared error "
-                   f"{val[False]:.4g} plain / {val[True]:.4g} decoupled); on the benchmark's draw the "
-                   f"{name[by_rmse]} grid (RMSE {own[False]:.3g} / {own[True]:.3g})"
+        out.append(f"- {c}, NFE {k}: on the validation noises the {by_val} grid wins (mean squared error "
+                   f"{' / '.join(f'{val[v]:.4g}' for v in vs)} {' / '.join(vs)}); on the benchmark's draw the "
+                   f"{by_rmse} grid (RMSE {' / '.join(f'{own[v]:.3g}' for v in vs)})"
                    + ("" if by_val == by_rmse else " -- the two choices differ"))
     return out
 
@@ -466,15 +484,17 @@ def main(argv=None):
     p.add_argument("--nfe", default="5,10,20,50,100")
     p.add_argument("--fit_nfe", default="5,10,20", help="NFEs at which fitted grids run ('' for none)")
     p.add_argument("--refit", action="store_true", help="fit the grids again (minutes each) and overwrite the files")
-    p.add_argument("--fit_variants", default="plain,decoupled",
+    p.add_argument("--fit_variants", default="plain,decoupled,lateshift",
                    help="fitted grids to run (and with --refit, to fit): plain (the times), decoupled (also the "
-                        "evaluation times)")
+                        "evaluation times), lateshift (the plain grid's times, and evaluation times from log-SNR 0 "
+                        "on)")
     p.add_argument("--fit_only", action="store_true", help="stop after loading or fitting the grids")
     p.add_argument("--floor_cases", default="B", help="cases whose float32 floor is measured ('' for none)")
     p.add_argument("--no_stochastic", action="store_true", help="skip the predictor-corrector section")
     p.add_argument("--pop_draws", type=int, default=10,
                    help="independent draws of n noises for the population check of the issue's cells (0: none)")
-    p.add_argument("--configs", default="", help="comma-separated subset of the configurations (default all)")
+    p.add_argument("--configs", default="", help="'|'-separated subset of the configurations (their names hold "
+                   "commas; default all)")
     p.add_argument("--out", default=os.path.join(RESULTS, "samplers.md"))
     a = p.parse_args(argv)
     n = 2000 if a.quick and a.n == 20000 else a.n
@@ -485,10 +505,10 @@ def main(argv=None):
         if c not in CASES:
             raise ValueError(f"--cases: unknown case {c!r}; valid: {', '.join(CASES)}.")
     if a.configs:
-        bad = [k for k in a.configs.split(",") if k not in CONFIGS]
+        bad = [k for k in a.configs.split("|") if k not in CONFIGS]
         if bad:
             raise ValueError(f"--configs: unknown {bad}; valid: {list(CONFIGS)}.")
-    configs = CONFIGS if not a.configs else {k: CONFIGS[k] for k in a.configs.split(",")}
+    configs = CONFIGS if not a.configs else {k: CONFIGS[k] for k in a.configs.split("|")}
     t_start = time.perf_counter()
     load_start = _load()
 
@@ -502,8 +522,8 @@ def main(argv=None):
     grids = {}
     for c in cases:
         for k in fit_nfes:
-            for dec in sorted(FIT_VARIANTS[v] for v in variants):
-                grids[(c, k, dec)] = fit_case_grid(c, k, log, dec) if a.refit else load_grid(c, k, log, dec)
+            for v in (v for v in FIT_VARIANTS if v in variants):  # plain before lateshift, which starts from it
+                grids[(c, k, v)] = fit_case_grid(c, k, log, v) if a.refit else load_grid(c, k, log, v)
     fit_s = time.perf_counter() - t_start
     if a.fit_only:
         log(f"grids ready in {fit_s:.0f} s (load average at start {load_start}, now {_load()})")
@@ -532,7 +552,7 @@ def main(argv=None):
     def _vals(d):
         return ", ".join(f"{s} {v:.4g}" for s, v in d.items())
 
-    fitted = [f"- {c}, NFE {k}, {grid_label(dec)}: fitted in {g.info.get('fit_seconds', '?')} s from "
+    fitted = [f"- {c}, NFE {k}, {grid_label(v)}: fitted in {g.info.get('fit_seconds', '?')} s from "
               f"{g.info['start']}, loss "
               f"{g.info['mse_fit']:.4g} (the starting grids on the final fitting set: {_vals(g.info['mse_inits'])})"
               + (f"; hard noises after each round {g.info['n_hard']}" if "n_hard" in g.info else "")
@@ -540,10 +560,10 @@ def main(argv=None):
                  if "mse_validate" in g.info else "")
               + (f"; evaluation shifts (log-SNR) {np.round(np.asarray(g.eval_shifts, np.float64), 3).tolist()}"
                  if g.eval_shifts is not None else "")
-              for (c, k, dec), g in sorted(grids.items())]
+              for (c, k, v), g in sorted(grids.items(), key=lambda i: (i[0][:2], list(FIT_VARIANTS).index(i[0][2])))]
     choice = variant_choice(grids, rows)
     if choice:
-        fitted += ["", "Plain or decoupled: the choice on fit_grid's validation noises against the one on the "
+        fitted += ["", "Which variant: the choice on fit_grid's validation noises against the one on the "
                    "benchmark's draw.", ""] + choice
     md = "\n\n".join(x for x in [
         f"# Sampler benchmark (`python -m experiments.benchmarks.samplers{' --quick' if a.quick else ''}"

@@ -49,11 +49,13 @@ and the validation noises choose among all of them.
 Measured (experiments/benchmarks/results/samplers.md, case B: 16-D, 5 modes, UniPC bh2-3,
 n_screen = 40000, hard_distance = 1, 3 rounds, n_validate = 40000; paired RMSE on 20000
 fresh noises / pooled over 200000 more): 10 steps 0.432 / 0.408 (plain fit on 256 noises:
-0.80), 20 steps 0.202 / 0.174 (plain: 0.23); at 5 steps 1.50 / 1.45, and 1.05 / 1.00 with
-`decouple=True` (below). The result depends on the basin BFGS lands in: at 10 steps two
-other keys gave 0.43-0.51 on 200000 validation noises (0.35-0.44 with restarts=3), and at 20
-steps a change of round-off alone (the same times computed with the end points pinned in
-another order) moved the same key's grid from 0.162 / 0.119 to 0.202 / 0.174.
+0.80), 20 steps 0.202 / 0.174 with restarts=1 and 0.131 / 0.151 with restarts=3 (plain:
+0.23); at 5 steps 1.50 / 1.45, and 1.05 / 1.00 with `decouple=True` (below). The result
+depends on the basin BFGS lands in: at 10 steps two other keys gave 0.43-0.51 on 200000
+validation noises (0.35-0.44 with restarts=3), at 20 steps a change of round-off alone (the
+same times computed with the end points pinned in another order) moved the same key's
+grid from 0.162 / 0.119 to 0.202 / 0.174, and 200000 screening noises instead of 40000 gave
+a better grid at 20 steps but a worse one at 10 (0.43-0.55 against 0.36-0.43).
 
 Decoupled evaluation times (`decouple=True`): with very few steps the model's output at
 a step's own start t_i is a poor stand-in for the data prediction over the whole step; on
@@ -65,7 +67,7 @@ noise level than the state's is the time shift of Li et al. 2024 ("Alleviating E
 Bias in Diffusion Models through Sampling with Shifted Time Steps"), here fitted. Each
 round fits the grid alone first and then both (far from its optimum the loss can be concave
 in a shift, and BFGS's line search fails there). Measured (same protocol and keys, paired
-RMSE on the benchmark's fresh noise, plain -> decoupled): on the 2-D ring A 0.082 -> 0.026,
+RMSE on the benchmark's fresh noise, plain (restarts=1) -> decoupled): on the 2-D ring A 0.082 -> 0.026,
 0.0072 -> 0.0039, 0.0031 -> 0.0018 at 5 / 10 / 20 steps; on the 8-D mixture C 0.50 -> 0.28,
 0.073 -> 0.057, 0.012 -> 0.0078; on B 1.50 -> 1.05 at 5 steps, but 0.43 -> 0.48 and 0.20 ->
 0.25 at 10 and 20, where the error is a few wrong-mode samples and 2n parameters fit the hard
