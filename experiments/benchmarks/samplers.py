@@ -167,6 +167,11 @@ FIT_VARIANTS = {
 }
 
 
+def variant_order(variant):
+    """The variant's place in FIT_VARIANTS (rows and lists follow it)."""
+    return list(FIT_VARIANTS).index(variant)
+
+
 def grid_path(case, nfe, variant="plain"):
     return os.path.join(GRIDS, f"samplers_{case}_nfe{nfe}{FIT_VARIANTS[variant][0]}.json")
 
@@ -262,9 +267,8 @@ def run_case(case, n, nfes, configs, fit_nfes, grids, log, floor=False):
             evaluate(name, make(nfe), nfe)
         if nfe in fit_nfes:
             base = CONFIGS[FIT_CONFIG](nfe)
-            order = list(FIT_VARIANTS)
             for fit_case, var in sorted({(c, v) for c, k, v in grids if k == nfe},
-                                        key=lambda c: (c[0] != case, c[0], order.index(c[1]))):
+                                        key=lambda c: (c[0] != case, c[0], variant_order(c[1]))):
                 grid = grids[(fit_case, nfe, var)]
                 evaluate(fitted_label(fit_case, var, case), eqx.tree_at(lambda s: s.grid, base, grid), nfe,
                          math.sqrt(grid.info["mse_fit"]) if fit_case == case else None)
@@ -560,7 +564,7 @@ def main(argv=None):
                  if "mse_validate" in g.info else "")
               + (f"; evaluation shifts (log-SNR) {np.round(np.asarray(g.eval_shifts, np.float64), 3).tolist()}"
                  if g.eval_shifts is not None else "")
-              for (c, k, v), g in sorted(grids.items(), key=lambda i: (i[0][:2], list(FIT_VARIANTS).index(i[0][2])))]
+              for (c, k, v), g in sorted(grids.items(), key=lambda i: (i[0][:2], variant_order(i[0][2])))]
     choice = variant_choice(grids, rows)
     if choice:
         fitted += ["", "Which variant: the choice on fit_grid's validation noises against the one on the "

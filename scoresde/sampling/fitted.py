@@ -339,30 +339,23 @@ def fit_grid(sampler: AbstractSampler, score_fn: ScoreFn, sde: AbstractSDE, key,
 
     thetas0 = [theta_of(g) for g in inits]
 
-    lam_T, lam_eps = (float(sde.log_snr(jnp.asarray(t, jnp.float32))) for t in (sde.T, sde.eps))
-
-    def shift_mask(u):  # 1 for the steps of grid theta[:n] = u that start at log-SNR >= shift_min_log_snr
-        return (lam_T + _fractions(u)[:-1] * (lam_eps - lam_T) >= shift_min_log_snr).astype(u.dtype)
-
-    def masked(theta):  # with shift_min_log_snr: the shifts of the steps below it set to 0
-        if not decouple or shift_min_log_snr is None:
-            return theta
-        return jnp.concatenate([theta[:n], theta[n:] * shift_mask(theta[:n])])
-
     def fit_from(theta0, name, data):  # (loss, theta, name), or None where the loss is not finite
-        tried = [masked(theta0)]
-        if decouple and shift_min_log_snr is None:  # the grid alone first (the shifts' gradients are small and
-            # the loss concave in them far from their optimum, where BFGS's line search fails), then everything
-            res = minimize(lambda u: loss_jit(jnp.concatenate([u, theta0[n:]]), *data), theta0[:n], method="BFGS",
+        if decouple and shift_min_log_snr is not None:  # the grid held: the shifts of its steps that start at
+            # log-SNR >= shift_min_log_snr alone (the others 0)
+            u = theta0[:n]
+            starts = sde.log_snr(times_from_fractions(sde, _fractions(u), dtype)[:-1])
+            mask = (starts >= shift_min_log_snr).astype(u.dtype)
+            d0 = theta0[n:] * mask
+            res = minimize(lambda d: loss_jit(jnp.concatenate([u, d * mask]), *data), d0, method="BFGS",
                            options={"maxiter": maxiter})
-            tried.append(jnp.concatenate([res.x, theta0[n:]]))
-        if decouple and shift_min_log_snr is not None:  # the chosen steps' shifts alone, the grid held fixed
-            u = tried[-1][:n]
-            mask = shift_mask(u)
-            res = minimize(lambda d: loss_jit(jnp.concatenate([u, d * mask]), *data), tried[-1][n:],
-                           method="BFGS", options={"maxiter": maxiter})
-            tried.append(jnp.concatenate([u, res.x * mask]))
+            tried = [jnp.concatenate([u, d0]), jnp.concatenate([u, res.x * mask])]
         else:
+            tried = [theta0]
+            if decouple:  # the grid alone first (the shifts' gradients are small and the loss concave in them far
+                # from their optimum, where BFGS's line search fails), then everything from there
+                res = minimize(lambda u: loss_jit(jnp.concatenate([u, theta0[n:]]), *data), theta0[:n],
+                               method="BFGS", options={"maxiter": maxiter})
+                tried.append(jnp.concatenate([res.x, theta0[n:]]))
             tried.append(minimize(lambda th: loss_jit(th, *data), tried[-1], method="BFGS",
                                   options={"maxiter": maxiter}).x)
         best = None
