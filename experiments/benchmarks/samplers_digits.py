@@ -21,7 +21,9 @@ classifier (scoresde.metrics):
   FD / EM            that distance over the EM samples' own (acceptance: <= 1.2 at NFE 10);
   FD (to EM)         Frechet distance between the sampler's and the EM samples' features.
 Deterministic solvers end with final="denoise" here (a Tweedie step at the last grid
-time, no extra evaluation), as the main job's EM run ends with its Tweedie step.
+time, no extra evaluation), as the main job's EM run ends with its Tweedie step; the
+exceptions are fast(nfe) (its own ending) and the two 2M rows on the uniform-t grid, which
+end with the ODE step to eps, the NFE-10 study's best ending for them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ SOLVERS = {
     "DEIS tAB-3, log-SNR": lambda n: S.DEIS(n, 3, grid=S.LogSNRGrid(), final="denoise"),
     "iPNDM, EDM rho 7": lambda n: S.IPNDM(n, grid=S.EDMGrid(), final="denoise"),
     "fast(nfe)": lambda n: S.fast(n),
+    # the NFE-10 study's best family (samplers_digits_nfe10.md; chosen there on other draws of the
+    # previous, likelihood-weighted checkpoint): second order on the uniform-t grid, ending with
+    # the ODE step; deterministic (DPM-Solver++ 2M) and with the reverse SDE's noise (eta 1)
+    "DPM-Solver++ 2M, uniform t": lambda n: S.DPMSolverPP(n, 2, grid=S.UniformTimeGrid()),
+    "SDE-DPM-Solver++ 2M eta 1, uniform t": lambda n: S.SDEDPMSolverPP(n, 2, grid=S.UniformTimeGrid()),
 }
 
 
@@ -121,11 +128,14 @@ STUDY = {
 }
 
 
-def quality_row(name, nfe, q: dict, real: dict, fds, wall: float) -> str:
-    """One table row: name, NFE, confident fraction over the real digits', FD to the test
-    digits, the further FD columns `fds`, wall seconds."""
+def quality_row(name, nfe, q: dict, real: dict, fds, wall: float, n: int | None = None) -> str:
+    """One table row: name, NFE, confident fraction over the real digits' (with n: +- its
+    binomial standard error over n samples), FD to the test digits, the further FD columns
+    `fds`, wall seconds."""
     cols = "".join(f"{v:.2f} | " for v in fds)
-    return f"| {name} | {nfe} | {q['confident'] / real['confident']:.3f} | {q['fd']:.2f} | {cols}{wall:.1f} |"
+    p = q["confident"]
+    se = "" if n is None else f" +- {np.sqrt(p * (1 - p) / n) / real['confident']:.3f}"
+    return f"| {name} | {nfe} | {p / real['confident']:.3f}{se} | {q['fd']:.2f} | {cols}{wall:.1f} |"
 
 
 def write_markdown(path: str, sections: list[str]) -> str:
@@ -252,10 +262,10 @@ def main(argv=None):
             rows.append((name, int(res.nfe), q, metrics.frechet_distance_from_features(feats, em_feats),
                          time.perf_counter() - t0))
             print(name, nfe, q["confident"] / real["confident"], q["fd"], flush=True)
-    lines = ["| sampler | NFE | confident / real | FD (test) | FD / EM | FD (to EM) | wall s |",
+    lines = ["| sampler | NFE | confident / real (+-SE) | FD (test) | FD / EM | FD (to EM) | wall s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, nfe, q, fd_em, wall in rows:
-        lines.append(quality_row(name, nfe, q, real, (q["fd"] / em_q["fd"], fd_em), wall))
+        lines.append(quality_row(name, nfe, q, real, (q["fd"] / em_q["fd"], fd_em), wall, a.n))
     write_markdown(a.out, [
         "# Few-step samplers on the digits U-Net (`python -m experiments.benchmarks.samplers_digits`)",
         f"Checkpoint: {which} of `{a.workdir}` (step {step}); {a.n} samples per row from the same prior noise; "
