@@ -7,7 +7,7 @@ sigma / alpha, sd = 0.5, and log sh ~ N(-1.2, 1.2^2). Until 2026-12-04 the job u
 MLP config's likelihood weighting (lambda = g^2, importance-sampled times); on the same
 budget EDM's objective gave a lower validation bits/dim (1.917 against 1.926) and much
 better samples from every sampler: confident ratio of the main job's Euler-Maruyama 200
-0.950 against 0.903-0.914, of the probability-flow ODE itself 0.945 against 0.852 (the
+0.950 against 0.894-0.914, of the probability-flow ODE itself 0.945 against 0.852 (the
 likelihood weighting spends most of its samples at low noise, not where a digit's class is
 decided). L_simple was between them (1.958; 0.944 and 0.900). digits_likelihood.py keeps
 the likelihood weighting. Checkpoint selection on validation bits/dim every 2500 steps with
