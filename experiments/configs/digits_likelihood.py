@@ -1,4 +1,4 @@
-"""A likelihood-oriented digits config: the main job's model and objective, trained 2.5x longer.
+"""A likelihood-oriented digits config: the main job's U-Net, likelihood weighting, 2.5x longer.
 
 Same U-Net, data and SDE as the main job (digits_unet.py), and the objective the main job
 used until 2026-12-04 (it now trains with EDM's objective, for sample quality): the likelihood
