@@ -128,14 +128,20 @@ STUDY = {
 }
 
 
+def confident_ratio(q: dict, real: dict, n: int):
+    """The samples' confident fraction over the real digits', and its binomial standard error
+    over n samples."""
+    p = q["confident"]
+    return p / real["confident"], np.sqrt(p * (1 - p) / n) / real["confident"]
+
+
 def quality_row(name, nfe, q: dict, real: dict, fds, wall: float, n: int | None = None) -> str:
     """One table row: name, NFE, confident fraction over the real digits' (with n: +- its
-    binomial standard error over n samples), FD to the test digits, the further FD columns
-    `fds`, wall seconds."""
+    standard error, confident_ratio), FD to the test digits, the further FD columns `fds`,
+    wall seconds."""
     cols = "".join(f"{v:.2f} | " for v in fds)
-    p = q["confident"]
-    se = "" if n is None else f" +- {np.sqrt(p * (1 - p) / n) / real['confident']:.3f}"
-    return f"| {name} | {nfe} | {p / real['confident']:.3f}{se} | {q['fd']:.2f} | {cols}{wall:.1f} |"
+    r, se = confident_ratio(q, real, n or 1)
+    return f"| {name} | {nfe} | {r:.3f}{'' if n is None else f' +- {se:.3f}'} | {q['fd']:.2f} | {cols}{wall:.1f} |"
 
 
 def write_markdown(path: str, sections: list[str]) -> str:
@@ -171,11 +177,7 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
     em_q, real = em["samples"], em["reference"]
     em_feats = clf.features(levels(em_x))
 
-    def ratio_se(q):
-        p = q["confident"]
-        return q["confident"] / real["confident"], np.sqrt(p * (1 - p) / n) / real["confident"]
-
-    r, se = ratio_se(em_q)
+    r, se = confident_ratio(em_q, real, n)
     lines = ["| sampler | NFE | confident / real (+-SE) | FD (test) | FD / EM | FD (to EM) | RMS pixel diff to ODE "
              "NFE 100 | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|",
              f"| main job's sampler: Euler-Maruyama, 200 steps + Tweedie | 201 | {r:.3f} +- {se:.3f} | "
@@ -192,7 +194,7 @@ def study(a, cfg, exp, step, which, clf, x_T, run, t_start):
         x = np.asarray(res.samples)
         q = metrics.digits_sample_quality(levels(x), clf=clf)["samples"]
         fd_em = metrics.frechet_distance_from_features(clf.features(levels(x)), em_feats)
-        r, se = ratio_se(q)
+        r, se = confident_ratio(q, real, n)
         rows.append((name, x, f"| {name} | {int(res.nfe)} | {r:.3f} +- {se:.3f} | {q['fd']:.2f} | "
                      f"{q['fd'] / em_q['fd']:.2f} | {fd_em:.2f} |", f" {time.perf_counter() - t0:.0f} |"))
         print(rows[-1][2] + rows[-1][3], flush=True)

@@ -3,8 +3,8 @@ x_t = (1 - t) x_0 + t z (scoresde.FlowMatchingPath, t in [1e-3, 1 - 1e-3]).
 
 Only the SDE and the sampler change, so bits/dim compares with the likelihood-weighted VP
 model (the main job until 2026-12-04; digits_likelihood.py's objective) directly: the
-objective stays that likelihood weighting, set here (the main job now trains with EDM's objective). The
-likelihood weighting with log-SNR importance times is path-independent (g^2 / sigma^2 =
+objective stays that likelihood weighting, set here (the main job now trains with EDM's
+objective). The likelihood weighting with log-SNR importance times is path-independent (g^2 / sigma^2 =
 -d lambda / dt on every linear SDE); the plain flow-matching loss is this objective with
 lambda = g^4 / 4 (scoresde.FlowMatchingWeighting), a different weighting over noise levels.
 
@@ -18,12 +18,12 @@ experiments/benchmarks/results/flow_matching_digits.md).
 import ml_collections
 
 from experiments.configs.digits_unet import get_config as _unet
+from experiments.configs.digits_vp import likelihood_objective
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = _unet()
-    c.training.weighting = "likelihood"  # the objective of flow_matching_digits.md's measurements
-    c.training.time_sampler = "likelihood_importance"
+    likelihood_objective(c)  # the objective of flow_matching_digits.md's measurements
     c.sde.name = "flow_matching"
     c.sde.kwargs = ml_collections.ConfigDict({"eps": 1e-3, "T": 1.0 - 1e-3})
     c.sampling.method = "dpm_solver"

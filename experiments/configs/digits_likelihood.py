@@ -26,12 +26,12 @@ evaluated by `python -m experiments.benchmarks.likelihood_digits
 import ml_collections
 
 from experiments.configs.digits_unet import get_config as _unet
+from experiments.configs.digits_vp import likelihood_objective
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = _unet()
-    c.training.weighting = "likelihood"
-    c.training.time_sampler = "likelihood_importance"
+    likelihood_objective(c)
     c.training.num_steps = 12500
     c.training.eval_every = 2500
     c.training.save_every = 500

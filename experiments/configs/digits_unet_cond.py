@@ -13,12 +13,12 @@ evaluation (--mode=guided evaluates the guided samples).
 import ml_collections
 
 from experiments.configs.digits_unet import get_config as _unet
+from experiments.configs.digits_vp import likelihood_objective
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = _unet()
-    c.training.weighting = "likelihood"
-    c.training.time_sampler = "likelihood_importance"
+    likelihood_objective(c)
     c.training.conditional = True
     c.model.kwargs.class_dropout = 0.1
     c.eval.val_metric = "loss"

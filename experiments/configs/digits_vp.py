@@ -11,14 +11,21 @@ import ml_collections
 from experiments.configs.default import base
 
 
+def likelihood_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Set `c`'s objective (in place) to the likelihood weighting lambda = g^2 with its
+    importance-sampled times (uniform in log-SNR): the bound on -log p of Song et al. 2021."""
+    c.training.weighting = "likelihood"
+    c.training.time_sampler = "likelihood_importance"
+    return c
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = base()
     c.data.dataset = "digits"
     c.model.name = "mlp"
     c.model.kwargs = ml_collections.ConfigDict({"width": 512, "depth": 3, "dropout": 0.5})
     c.sde.name = "vp"
-    c.training.weighting = "likelihood"
-    c.training.time_sampler = "likelihood_importance"
+    likelihood_objective(c)
     c.training.num_steps = 10000
     c.training.eval_every = 500
     c.training.save_every = 500
